@@ -1,0 +1,384 @@
+"""The thin client: what workflow code calls. Sync, safe to share across threads.
+
+``client.memory(resource_id, context)`` resolves the key template and returns a :class:`Memory`
+handle (cheap: no I/O). ``Memory.append`` validates, redacts, counts tokens and stores in one Redis
+round trip; when the memory crosses its flush threshold the append script sets the flush marker
+and the client publishes one ``memory.flush`` task by name.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from memory_engine.errors import KeyTemplateError, MessageValidationError
+from memory_engine.keys import KeySpace, MemoryKeys, project_of, render_key
+from memory_engine.messages import AppendResult, MemoryStats, Message, Page, coerce_message
+from memory_engine.privacy import Redactor
+from memory_engine.producer import TaskProducer
+from memory_engine.registry import ResourceRegistry
+from memory_engine.resources import MemoryResource
+from memory_engine.settings import Settings, load_settings
+from memory_engine.store import MemoryStore, PendingMessage
+from memory_engine.tasknames import TASK_FLUSH
+from memory_engine.tokens import TokenCounter, counter_for
+
+if TYPE_CHECKING:
+    from memory_engine.flush import FlushResult
+    from memory_engine.summarizers import Summarizer
+
+__all__ = ["Memory", "MemoryClient"]
+
+log = logging.getLogger(__name__)
+
+
+class MemoryClient:
+    """Entry point. Build with :meth:`from_env` or inject settings, a Redis client, a registry."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        redis: redis.Redis | None = None,
+        *,
+        registry: ResourceRegistry | None = None,
+        producer: TaskProducer | None = None,
+        summarizer: Summarizer | None = None,
+    ) -> None:
+        from memory_engine.connections import redis_from_settings
+
+        self.settings = settings or load_settings()
+        self._owns_redis = redis is None
+        self.redis = redis if redis is not None else redis_from_settings(self.settings)
+        self.registry = registry or ResourceRegistry.from_directory(self.settings.resources_dir)
+        self.keyspace = KeySpace(self.settings.key_prefix)
+        self.store = MemoryStore(self.redis, self.keyspace)
+        self._owns_producer = producer is None
+        self.producer = producer or TaskProducer(self.settings)
+        self._redactors: dict[str, Redactor] = {}
+        self._summarizer: Summarizer | None = summarizer
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> MemoryClient:
+        """Settings from ``MEMORY_*`` environment variables (plus ``overrides``)."""
+        return cls(load_settings(**overrides))
+
+    # ---- handles -----------------------------------------------------------------------
+
+    def memory(
+        self,
+        resource_id: str,
+        context: dict[str, Any] | None = None,
+        *,
+        key_template: str | None = None,
+    ) -> Memory:
+        """A handle on the memory that ``resource_id``'s key template names in ``context``."""
+        resource = self.registry.get(resource_id)
+        template = key_template or resource.default_key_template
+        if not template:
+            raise KeyTemplateError(
+                f"resource {resource_id!r} has no default_key_template and no key_template was given"
+            )
+        memory_id = render_key(
+            template, context, default_project_id=self.settings.default_project_id
+        )
+        return Memory(self, resource, memory_id)
+
+    def memory_by_id(self, memory_id: str, resource_id: str) -> Memory:
+        """A handle from an already resolved memory id (what tasks carry)."""
+        if ":" not in memory_id:
+            raise KeyTemplateError(f"memory id {memory_id!r} has no project namespace")
+        return Memory(self, self.registry.get(resource_id), memory_id)
+
+    # ---- shared helpers ----------------------------------------------------------------
+
+    def redactor_for(self, resource: MemoryResource) -> Redactor:
+        redactor = self._redactors.get(resource.id)
+        if redactor is None:
+            redactor = Redactor.from_policy(
+                resource.privacy_policy, timeout_ms=self.settings.redaction_timeout_ms
+            )
+            self._redactors[resource.id] = redactor
+        return redactor
+
+    def counter_for(self, resource: MemoryResource) -> TokenCounter:
+        return counter_for(resource.tokenizer_model)
+
+    @property
+    def summarizer(self) -> Summarizer:
+        """The configured summarizer (``MEMORY_SUMMARIZER_*``), built on first use."""
+        if self._summarizer is None:
+            from memory_engine.summarizers import build_summarizer
+
+            self._summarizer = build_summarizer(self.settings)
+        return self._summarizer
+
+    def close(self) -> None:
+        if self._owns_producer:
+            self.producer.close()
+        if self._owns_redis:
+            self.redis.close()
+
+    def __enter__(self) -> MemoryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Memory:
+    """One conversation memory. Cheap to create; holds no connection of its own."""
+
+    def __init__(self, client: MemoryClient, resource: MemoryResource, memory_id: str) -> None:
+        self.client = client
+        self.resource = resource
+        self.key = memory_id
+        self.keys: MemoryKeys = client.keyspace.memory(memory_id)
+
+    def __repr__(self) -> str:
+        return f"Memory(key={self.key!r}, resource={self.resource.id!r})"
+
+    @property
+    def project_id(self) -> str:
+        return project_of(self.key)
+
+    # ---- writes ------------------------------------------------------------------------
+
+    def append(self, message: Message | dict[str, Any]) -> AppendResult:
+        """Store one message. Non-persistable roles are not stored (``stored=False``)."""
+        return self.append_many([message])
+
+    def append_many(self, messages: Sequence[Message | dict[str, Any]]) -> AppendResult:
+        """Store a batch atomically: every message or none (one script, one round trip)."""
+        pending, skipped, redacted = self._prepare(messages)
+        if not pending:
+            stats = self.stats()
+            return AppendResult(
+                stored=False,
+                appended=0,
+                message_count=stats.message_count,
+                token_count=stats.token_count,
+                skipped=skipped,
+            )
+        token_threshold, message_threshold = self.resource.trigger_thresholds()
+        outcome = self.client.store.append(
+            self.keys,
+            pending,
+            resource_id=self.resource.id,
+            ttl_s=self.resource.ttl_s,
+            token_threshold=token_threshold,
+            message_threshold=message_threshold,
+            marker_ttl_s=self.client.settings.flush_marker_ttl_s,
+        )
+        flush_requested = False
+        if outcome.flush_requested:
+            flush_requested = self._publish_flush(reason="threshold")
+        return AppendResult(
+            stored=True,
+            appended=len(pending),
+            message_count=outcome.message_count,
+            token_count=outcome.token_count,
+            first_seq=outcome.first_seq,
+            last_seq=outcome.last_seq,
+            flush_requested=flush_requested,
+            redacted=redacted,
+            skipped=skipped,
+        )
+
+    def replace(self, messages: Sequence[Message | dict[str, Any]]) -> int:
+        """Replace every message (the summary goes too); keeps the TTL. Returns the new count."""
+        pending, _skipped, _redacted = self._prepare(messages, allow_empty=True)
+        count, _tokens, _epoch = self.client.store.replace(
+            self.keys, pending, resource_id=self.resource.id, ttl_s=self.resource.ttl_s
+        )
+        return count
+
+    def clear(self) -> int:
+        """Remove every message and the summary; returns how many messages were cleared."""
+        return self.client.store.clear(self.keys)
+
+    def delete(self) -> bool:
+        """Remove the memory entirely (messages, metadata, summary, markers, index entries)."""
+        return self.client.store.delete(self.keys)
+
+    # ---- reads -------------------------------------------------------------------------
+
+    def read(self) -> list[Message]:
+        """Every stored message, oldest first (the summary is not included: see ``context``)."""
+        return self.client.store.read(self.keys)
+
+    def read_page(self, offset: int = 0, limit: int = 50) -> Page:
+        if offset < 0 or limit < 1:
+            raise MessageValidationError("offset must be >= 0 and limit >= 1")
+        messages, total = self.client.store.read_page(self.keys, offset, limit)
+        return Page(
+            messages=messages,
+            total=total,
+            offset=offset,
+            limit=limit,
+            has_more=offset + len(messages) < total,
+        )
+
+    def stats(self) -> MemoryStats:
+        meta, ttl, pending, summary = self.client.store.metadata(self.keys)
+        count = int(meta.get("message_count", 0))
+        tokens = int(meta.get("token_count", 0))
+        summary_tokens = int(summary.get("token_count", 0)) if summary.get("text") else 0
+        max_tokens = self.resource.effective_max_tokens
+        max_messages = self.resource.max_messages
+        used: list[float] = []
+        if max_tokens:
+            used.append((tokens + summary_tokens) / max_tokens)
+        if max_messages:
+            used.append(count / max_messages)
+        return MemoryStats(
+            key=self.key,
+            resource_id=self.resource.id,
+            message_count=count,
+            token_count=tokens,
+            ttl_s=ttl,
+            epoch=int(meta.get("epoch", 0)),
+            last_seq=int(meta.get("seq", 0)),
+            max_tokens=max_tokens,
+            max_messages=max_messages,
+            budget_used=round(max(used), 4) if used else None,
+            flush_pending=pending,
+            summary_point=int(summary.get("summary_point", 0)),
+            summary_tokens=summary_tokens,
+            evicted_count=int(meta.get("evicted", 0)),
+            summarized_count=int(meta.get("summarized", 0)),
+            flushed_count=int(meta.get("flushed", 0)),
+            last_flush_at=float(meta["last_flush_at"]) if meta.get("last_flush_at") else None,
+            created_at=float(meta["created_at"]) if meta.get("created_at") else None,
+            updated_at=float(meta["updated_at"]) if meta.get("updated_at") else None,
+        )
+
+    def context(self, max_tokens: int | None = None) -> list[Message]:
+        """The prompt window: system messages, the summary (one system message whose metadata
+        has ``summary: true``) and the newest messages, within ``max_tokens`` (default: the
+        resource's effective budget) and its token allocation. Order is kept; a tool call is
+        never split from its results."""
+        from memory_engine.context import build_context
+
+        return build_context(self, max_tokens)
+
+    # ---- flush ---------------------------------------------------------------------------
+
+    def flush(self, strategy: str | None = None, dry_run: bool = False) -> FlushResult:
+        """Flush inline, now, with the resource's strategy (or ``strategy``). ``dry_run`` reports
+        what would be removed and changes nothing. Same code as the ``memory.flush`` task."""
+        from memory_engine.flush import flush_memory
+
+        return flush_memory(self, strategy=strategy, dry_run=dry_run)
+
+    def evict(self, policy: str | None = None) -> FlushResult:
+        """Enforce the hard limits now, by the resource's eviction policy (or ``policy``)."""
+        from memory_engine.flush import evict_memory
+
+        return evict_memory(self, policy=policy)
+
+    def request_flush(self) -> bool:
+        """Enqueue a flush unless one is pending. False when a flush was already pending."""
+        if not self.client.store.set_flush_marker(
+            self.keys, self.client.settings.flush_marker_ttl_s
+        ):
+            return False
+        return self._publish_flush(reason="requested", marker_indexed=True)
+
+    def _publish_flush(self, *, reason: str, marker_indexed: bool = False) -> bool:
+        """Publish one ``memory.flush``; on failure release the marker so a later append retries.
+
+        The append itself has succeeded by now and must not be reported as failed (the caller
+        would append again), so a broker failure is logged, not raised.
+        """
+        store = self.client.store
+        try:
+            if not marker_indexed:
+                store.index_pending(self.keys, time.time())
+            self.client.producer.send(
+                TASK_FLUSH,
+                {"memory_id": self.key, "resource_id": self.resource.id, "reason": reason},
+            )
+        except Exception:
+            log.exception("could not enqueue %s for memory %s; marker released", TASK_FLUSH, self.key)
+            try:
+                store.clear_flush_marker(self.keys)
+            except Exception:
+                log.warning("could not release flush marker of %s; it expires by TTL", self.key)
+            return False
+        log.debug("enqueued %s for memory %s (%s)", TASK_FLUSH, self.key, reason)
+        return True
+
+    # ---- preparation -----------------------------------------------------------------------
+
+    def _prepare(
+        self, messages: Iterable[Message | dict[str, Any]], *, allow_empty: bool = False
+    ) -> tuple[list[PendingMessage], int, int]:
+        """Validate, redact and count. Raises before anything is written."""
+        settings = self.client.settings
+        items = list(messages) if not isinstance(messages, (str, bytes, dict)) else None
+        if items is None:
+            raise MessageValidationError("append_many takes a sequence of messages")
+        if not items and not allow_empty:
+            raise MessageValidationError("no messages given")
+        if len(items) > settings.max_batch_messages:
+            raise MessageValidationError(
+                f"batch of {len(items)} messages exceeds max_batch_messages={settings.max_batch_messages}"
+            )
+        redactor = self.client.redactor_for(self.resource)
+        counter = self.client.counter_for(self.resource)
+        now = time.time()
+        pending: list[PendingMessage] = []
+        skipped = redacted = total_bytes = 0
+        for index, item in enumerate(items):
+            try:
+                message = coerce_message(item)
+            except MessageValidationError as exc:
+                raise MessageValidationError(f"message {index}: {exc}") from exc
+            _check_message(message, index, settings.max_message_bytes)
+            if not redactor.is_persistable(message.role.value):
+                skipped += 1
+                continue
+            if redactor.enabled:
+                message, hits = redactor.redact_message(message)
+                redacted += hits
+            tokens = counter.count_message(message)
+            try:
+                body = message.wire_body(tokens, now)
+            except (TypeError, ValueError) as exc:
+                raise MessageValidationError(
+                    f"message {index}: metadata or tool_calls are not JSON-serialisable: {exc}"
+                ) from exc
+            size = len(body.encode("utf-8", "surrogatepass"))
+            if size > settings.max_message_bytes:
+                raise MessageValidationError(
+                    f"message {index} is {size} bytes stored; max_message_bytes={settings.max_message_bytes}"
+                )
+            total_bytes += size
+            pending.append(PendingMessage(body, tokens, message.is_system))
+        if total_bytes > settings.max_batch_bytes:
+            raise MessageValidationError(
+                f"batch is {total_bytes} bytes; max_batch_bytes={settings.max_batch_bytes}"
+            )
+        return pending, skipped, redacted
+
+
+def _check_message(message: Message, index: int, max_bytes: int) -> None:
+    content = message.content
+    try:
+        encoded = content.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise MessageValidationError(f"message {index}: content is not valid UTF-8 text") from exc
+    if len(encoded) > max_bytes:
+        raise MessageValidationError(
+            f"message {index}: content is {len(encoded)} bytes; max_message_bytes={max_bytes}"
+        )
+    if not content.strip() and not message.tool_calls:
+        raise MessageValidationError(
+            f"message {index}: content is empty (only an assistant message with tool_calls may be)"
+        )
+    if message.role.value == "tool" and not message.tool_call_id:
+        raise MessageValidationError(f"message {index}: a tool message needs tool_call_id")

@@ -1,0 +1,32 @@
+"""Builds the Redis client from settings. The one place connection options are decided."""
+
+from __future__ import annotations
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from memory_engine.settings import Settings
+
+__all__ = ["redis_from_settings"]
+
+HEALTH_CHECK_INTERVAL_S = 30
+
+
+def redis_from_settings(settings: Settings) -> redis.Redis:
+    """A pooled, thread-safe client with the configured timeouts.
+
+    Retries are off on purpose: a write whose reply timed out may have run, and retrying it
+    (redis-py's default) could append a message twice. Callers see :class:`StoreUnavailable`
+    and decide. ``rediss://`` URLs enable TLS; credentials come from the URL.
+    """
+    return redis.Redis.from_url(
+        settings.redis_dsn(),
+        socket_timeout=settings.socket_timeout_s,
+        socket_connect_timeout=settings.socket_connect_timeout_s,
+        socket_keepalive=True,
+        health_check_interval=HEALTH_CHECK_INTERVAL_S,
+        max_connections=settings.redis_max_connections,
+        retry=Retry(NoBackoff(), 0),
+        client_name="memory-engine",
+    )

@@ -1,0 +1,120 @@
+"""The engine's exception tree: one root, a docstring per class saying when it is raised.
+
+Foreign exceptions (redis-py, pydantic, yaml, jinja2, httpx) are translated at the boundary with
+``raise ... from`` so callers only ever need to catch :class:`MemoryEngineError` or one of its
+subclasses.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "FlushConflict",
+    "FlushAlreadyRunning",
+    "KeyTemplateError",
+    "LockError",
+    "LockLost",
+    "MemoryEngineError",
+    "MessageValidationError",
+    "RedactionError",
+    "ResourceNotFound",
+    "StoreUnavailable",
+    "StoreError",
+    "SummarizerError",
+    "TransientError",
+]
+
+
+class MemoryEngineError(Exception):
+    """Root of every error the engine raises on purpose."""
+
+
+class TransientError(MemoryEngineError):
+    """Marker base for errors worth retrying (a Celery task retries these with backoff)."""
+
+
+# --- configuration --------------------------------------------------------------------------
+
+
+class ConfigError(MemoryEngineError):
+    """Settings or a resource definition are invalid: bad YAML, an unknown field, a rule broken.
+
+    The message names the file (when there is one) and the dotted field path.
+    """
+
+    def __init__(self, message: str, *, source: str | None = None, field: str | None = None):
+        self.source = source
+        self.field = field
+        prefix = ""
+        if source:
+            prefix += f"{source}: "
+        if field:
+            prefix += f"{field}: "
+        super().__init__(prefix + message)
+
+
+class ResourceNotFound(ConfigError):
+    """``registry.get(id)`` was asked for an id that no loaded resource declares."""
+
+    def __init__(self, resource_id: str, known: list[str]):
+        self.resource_id = resource_id
+        self.known = sorted(known)
+        listed = ", ".join(self.known) if self.known else "(none loaded)"
+        super().__init__(f"memory resource {resource_id!r} not found; known ids: {listed}")
+
+
+class KeyTemplateError(MemoryEngineError):
+    """A key template could not be rendered (missing variable, sandbox violation) or its result is
+    not a valid key (empty, too long, forbidden characters). Never falls back to a shared key."""
+
+
+# --- input ----------------------------------------------------------------------------------
+
+
+class MessageValidationError(MemoryEngineError):
+    """A message is malformed, empty, oversized, or a batch is too large. Nothing was written."""
+
+
+class RedactionError(MessageValidationError):
+    """Redaction could not run to completion (a pattern timed out). The message was refused and
+    nothing was stored: the engine never stores content it could not redact."""
+
+
+# --- store ----------------------------------------------------------------------------------
+
+
+class StoreError(MemoryEngineError):
+    """Redis answered with an error the engine did not expect (script error, wrong type)."""
+
+
+class StoreUnavailable(StoreError, TransientError):
+    """Redis could not be reached or did not answer within the configured timeout.
+
+    For an append this means the outcome is unknown only if the timeout hit after the command was
+    sent; the append script is atomic, so the memory is never half-written.
+    """
+
+
+# --- flush, locks ---------------------------------------------------------------------------
+
+
+class LockError(MemoryEngineError):
+    """A memory's lock could not be acquired or released."""
+
+
+class FlushAlreadyRunning(LockError):
+    """Another flush of the same memory holds its lock. Not a failure: the caller exits quietly."""
+
+
+class LockLost(LockError):
+    """The lock expired or was taken over while work ran; the holder must not commit (fencing)."""
+
+
+class FlushConflict(MemoryEngineError):
+    """A flush commit found the memory changed under it (epoch moved: clear, replace or another
+    flush). Nothing was changed by the commit; the flush may be planned again."""
+
+
+class SummarizerError(TransientError):
+    """The summarizer failed (HTTP error, timeout, refusal, empty or truncated reply). The flush
+    falls back to the rule-based summarizer; a good previous summary is never replaced by this."""

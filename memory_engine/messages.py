@@ -1,0 +1,176 @@
+"""Value objects: messages and the results the client returns. All frozen; each owns its wire format.
+
+Wire format of a stored message (one JSON string per LIST element). ``seq`` is always the first
+field and ``token_count`` the second, so Lua scripts can read both with one ``string.match`` and
+never decode JSON on the hot path::
+
+    {"seq":17,"token_count":12,"role":"user","content":"hi","created_at":1732550000.123, ...}
+
+The client serialises everything after ``seq``; the append script assigns ``seq`` and prepends it.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from memory_engine.errors import MessageValidationError
+
+__all__ = [
+    "AppendResult",
+    "Message",
+    "MemoryStats",
+    "Page",
+    "Role",
+    "coerce_message",
+]
+
+
+class Role(StrEnum):
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+    TOOL = "tool"
+
+
+class Message(BaseModel):
+    """One conversation message. ``seq``, ``token_count`` and ``created_at`` are set by the store."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
+
+    role: Role
+    content: str
+    name: str | None = None
+    tool_call_id: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    seq: int | None = None
+    token_count: int | None = None
+    created_at: float | None = None
+
+    @field_validator("role", mode="before")
+    @classmethod
+    def _lower_role(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    # ---- wire format -------------------------------------------------------------------
+
+    def wire_body(self, token_count: int, created_at: float) -> str:
+        """The JSON object *without* ``seq``: ``{"token_count":..,"role":..,...}``.
+
+        The append script turns it into ``{"seq":N,"token_count":..}`` by splicing.
+        """
+        body: dict[str, Any] = {
+            "token_count": token_count,
+            "role": self.role.value,
+            "content": self.content,
+            "created_at": round(created_at, 6),
+        }
+        if self.name is not None:
+            body["name"] = self.name
+        if self.tool_call_id is not None:
+            body["tool_call_id"] = self.tool_call_id
+        if self.tool_calls:
+            body["tool_calls"] = self.tool_calls
+        if self.metadata:
+            body["metadata"] = self.metadata
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+
+    def to_wire(self) -> str:
+        """Full stored form, for messages that already carry ``seq`` and ``token_count``."""
+        if self.seq is None or self.token_count is None:
+            raise ValueError("to_wire needs seq and token_count")
+        body = self.wire_body(self.token_count, self.created_at or 0.0)
+        return '{"seq":%d,%s' % (self.seq, body[1:])
+
+    @classmethod
+    def from_wire(cls, raw: str | bytes) -> Message:
+        return cls.model_validate_json(raw)
+
+    @property
+    def is_system(self) -> bool:
+        return self.role is Role.SYSTEM
+
+    def public(self) -> dict[str, Any]:
+        """A provider-style dict (role, content, name, tool fields) without store bookkeeping."""
+        out: dict[str, Any] = {"role": self.role.value, "content": self.content}
+        if self.name is not None:
+            out["name"] = self.name
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        if self.tool_calls:
+            out["tool_calls"] = self.tool_calls
+        return out
+
+
+def coerce_message(value: Message | dict[str, Any]) -> Message:
+    """Accept a :class:`Message` or a plain dict; raise :class:`MessageValidationError` otherwise."""
+    if isinstance(value, Message):
+        return value
+    if not isinstance(value, dict):
+        raise MessageValidationError(
+            f"a message must be a Message or a dict, got {type(value).__name__}"
+        )
+    try:
+        return Message.model_validate(value)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'message'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise MessageValidationError(f"invalid message: {problems}") from exc
+
+
+class AppendResult(BaseModel):
+    """What an append did. ``stored`` is False when the role is non-persistable (nothing written)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    stored: bool
+    appended: int
+    message_count: int
+    token_count: int
+    first_seq: int | None = None
+    last_seq: int | None = None
+    flush_requested: bool = False
+    redacted: int = 0
+    skipped: int = 0
+
+
+class Page(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    messages: list[Message]
+    total: int
+    offset: int
+    limit: int
+    has_more: bool
+
+
+class MemoryStats(BaseModel):
+    """Counts from metadata (O(1)); ``ttl_s`` is -1 without expiry and -2 when the memory is gone."""
+
+    model_config = ConfigDict(frozen=True)
+
+    key: str
+    resource_id: str
+    message_count: int
+    token_count: int
+    ttl_s: int
+    epoch: int = 0
+    last_seq: int = 0
+    max_tokens: int | None = None
+    max_messages: int | None = None
+    budget_used: float | None = None
+    flush_pending: bool = False
+    summary_point: int = 0
+    summary_tokens: int = 0
+    evicted_count: int = 0
+    summarized_count: int = 0
+    flushed_count: int = 0
+    last_flush_at: float | None = None
+    created_at: float | None = None
+    updated_at: float | None = None

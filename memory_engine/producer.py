@@ -1,0 +1,81 @@
+"""Enqueues Celery tasks by name, so workflow code never imports task code.
+
+A minimal Celery app (no tasks, JSON only) is built on first use: a memory that never crosses its
+threshold never touches the broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from memory_engine.errors import StoreUnavailable
+from memory_engine.settings import Settings
+from memory_engine.tasknames import TASK_ROUTES
+
+__all__ = ["TaskProducer"]
+
+log = logging.getLogger(__name__)
+
+PUBLISH_MAX_RETRIES = 2
+PUBLISH_RETRY_INTERVAL_S = 0.2
+
+
+class TaskProducer:
+    """Thread-safe publisher of engine tasks."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._app: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def app(self) -> Any:
+        if self._app is None:
+            with self._lock:
+                if self._app is None:
+                    from celery import Celery  # deferred: appends below threshold never need it
+
+                    app = Celery("memory-engine-client", set_as_current=False)
+                    app.conf.update(
+                        broker_url=self._settings.broker_dsn(),
+                        task_serializer="json",
+                        accept_content=["json"],
+                        result_serializer="json",
+                        task_routes=TASK_ROUTES,
+                        task_send_sent_event=True,
+                        broker_connection_timeout=self._settings.socket_connect_timeout_s,
+                        broker_connection_retry_on_startup=True,
+                        broker_transport_options={
+                            "visibility_timeout": self._settings.visibility_timeout_s,
+                            "socket_timeout": self._settings.socket_timeout_s,
+                            "socket_connect_timeout": self._settings.socket_connect_timeout_s,
+                        },
+                    )
+                    self._app = app
+        return self._app
+
+    def send(self, name: str, kwargs: dict[str, Any], *, task_id: str | None = None) -> str:
+        """Publish ``name`` with ``kwargs`` (ids only, never content) to its routed queue."""
+        try:
+            result = self.app.send_task(
+                name,
+                kwargs=kwargs,
+                task_id=task_id,
+                retry=True,
+                retry_policy={
+                    "max_retries": PUBLISH_MAX_RETRIES,
+                    "interval_start": 0,
+                    "interval_step": PUBLISH_RETRY_INTERVAL_S,
+                    "interval_max": PUBLISH_RETRY_INTERVAL_S,
+                },
+            )
+        except Exception as exc:  # kombu raises OperationalError and friends
+            raise StoreUnavailable(f"could not publish {name}: {exc}") from exc
+        return str(result.id)
+
+    def close(self) -> None:
+        if self._app is not None:
+            self._app.close()
+            self._app = None

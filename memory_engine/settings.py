@@ -1,0 +1,120 @@
+"""Runtime settings: one typed object, read from ``MEMORY_*`` environment variables by a factory.
+
+Nothing is read at import time. Build settings with :func:`load_settings` (or ``Settings()``) and
+pass them to the client or the Celery app; tests build their own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from memory_engine.errors import ConfigError
+
+__all__ = ["Settings", "load_settings"]
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_KEY_PREFIX = "mem"
+DEFAULT_PROJECT_ID = "default"
+DEFAULT_SOCKET_TIMEOUT_S = 2.0
+DEFAULT_CONNECT_TIMEOUT_S = 2.0
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024
+DEFAULT_MAX_BATCH_MESSAGES = 500
+DEFAULT_MAX_BATCH_BYTES = 4 * 1024 * 1024
+DEFAULT_FLUSH_MARKER_TTL_S = 600
+DEFAULT_REDACTION_TIMEOUT_MS = 50
+DEFAULT_TASK_SOFT_TIME_LIMIT_S = 240
+DEFAULT_TASK_TIME_LIMIT_S = 300
+DEFAULT_SUMMARIZER_TIMEOUT_S = 30.0
+
+
+class Settings(BaseSettings):
+    """Every knob of the engine and its service processes. Env prefix ``MEMORY_``."""
+
+    model_config = SettingsConfigDict(env_prefix="MEMORY_", extra="ignore", frozen=True)
+
+    # --- Redis (memory data) and broker
+    redis_url: SecretStr | None = Field(
+        default=None,
+        description="Redis for memory data. Unset: the client uses redis://127.0.0.1:6379/0; "
+        "`memory-engine demo`/`up` start an embedded Redis instead. rediss:// enables TLS.",
+    )
+    broker_url: SecretStr | None = Field(
+        default=None, description="Celery broker; defaults to the Redis URL."
+    )
+    redis_max_connections: int = Field(default=64, ge=1)
+    socket_timeout_s: float = Field(default=DEFAULT_SOCKET_TIMEOUT_S, gt=0)
+    socket_connect_timeout_s: float = Field(default=DEFAULT_CONNECT_TIMEOUT_S, gt=0)
+
+    # --- keys and resources
+    key_prefix: str = Field(default=DEFAULT_KEY_PREFIX, pattern=r"^[A-Za-z0-9_\-]{1,32}$")
+    resources_dir: Path = Path("config/resources")
+    default_project_id: str = Field(default=DEFAULT_PROJECT_ID, pattern=r"^[A-Za-z0-9_\-.]{1,64}$")
+
+    # --- input limits
+    max_message_bytes: int = Field(default=DEFAULT_MAX_MESSAGE_BYTES, ge=64)
+    max_batch_messages: int = Field(default=DEFAULT_MAX_BATCH_MESSAGES, ge=1)
+    max_batch_bytes: int = Field(default=DEFAULT_MAX_BATCH_BYTES, ge=1024)
+    redaction_timeout_ms: int = Field(default=DEFAULT_REDACTION_TIMEOUT_MS, ge=1)
+
+    # --- flush
+    flush_marker_ttl_s: int = Field(default=DEFAULT_FLUSH_MARKER_TTL_S, ge=1)
+
+    # --- summarizer
+    summarizer_provider: Literal["openai", "anthropic", "rule_based"] = "rule_based"
+    summarizer_base_url: str | None = None
+    summarizer_model: str | None = None
+    summarizer_api_key: SecretStr | None = None
+    summarizer_timeout_s: float = Field(default=DEFAULT_SUMMARIZER_TIMEOUT_S, gt=0)
+
+    # --- Celery and service processes
+    task_soft_time_limit_s: int = Field(default=DEFAULT_TASK_SOFT_TIME_LIMIT_S, ge=1)
+    task_time_limit_s: int = Field(default=DEFAULT_TASK_TIME_LIMIT_S, ge=1)
+    cleanup_interval_s: float = Field(default=300.0, gt=0)
+    reconcile_interval_s: float = Field(default=900.0, gt=0)
+    marker_sweep_interval_s: float = Field(default=60.0, gt=0)
+    flower_user: str | None = None
+    flower_password: SecretStr | None = None
+    flower_unauthenticated_dev: bool = False
+    flower_port: int = Field(default=5555, ge=1, le=65535)
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+
+    @model_validator(mode="after")
+    def _limits_are_ordered(self) -> Settings:
+        if self.task_soft_time_limit_s >= self.task_time_limit_s:
+            raise ValueError("task_soft_time_limit_s must be below task_time_limit_s")
+        return self
+
+    def replace(self, **changes: object) -> Settings:
+        """A validated copy with ``changes`` applied (the environment is not read again)."""
+        try:
+            return type(self).model_validate({**self.model_dump(), **changes})
+        except ValidationError as exc:
+            raise ConfigError(f"invalid settings: {exc}") from exc
+
+    # --- derived
+    def redis_dsn(self) -> str:
+        return self.redis_url.get_secret_value() if self.redis_url else DEFAULT_REDIS_URL
+
+    def broker_dsn(self) -> str:
+        return self.broker_url.get_secret_value() if self.broker_url else self.redis_dsn()
+
+    @property
+    def visibility_timeout_s(self) -> int:
+        """Longer than the longest hard time limit, so a running task is never redelivered."""
+        return self.task_time_limit_s * 2 + 60
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment plus ``overrides``; errors become :class:`ConfigError`."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"MEMORY_{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from exc

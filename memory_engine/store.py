@@ -1,0 +1,396 @@
+"""The Redis store: every read and write of memory data, one round trip each where possible.
+
+Writes that touch several keys of one memory are Lua scripts (``memory_engine/lua/*.lua``), loaded
+once per store and called by SHA. The global index updates (expiry, last access) ride in the same
+pipeline as separate commands, so they stay out of the per-memory script (Redis Cluster: other
+slots) while still costing no extra round trip on a single node. redis-py errors become
+:class:`StoreUnavailable` / :class:`StoreError` here, at the edge.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, TypeVar
+
+import redis
+from redis import exceptions as redis_errors
+
+from memory_engine.errors import FlushConflict, LockLost, StoreError, StoreUnavailable
+from memory_engine.keys import KeySpace, MemoryKeys
+from memory_engine.messages import Message
+from memory_engine.strategies.base import Snapshot, Summary
+
+__all__ = ["CommitResult", "MemoryStore", "PendingMessage", "translate_errors"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_SCRIPT_NAMES = ("append", "replace", "clear", "commit", "reconcile")
+
+
+@dataclass(frozen=True, slots=True)
+class PendingMessage:
+    """A message ready to store: serialised body without ``seq``, and its token count."""
+
+    body: str
+    token_count: int
+    is_system: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AppendOutcome:
+    first_seq: int
+    last_seq: int
+    message_count: int
+    token_count: int
+    flush_requested: bool
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    dropped: int
+    summarized: int
+    tokens_removed: int
+    message_count: int
+    token_count: int
+    epoch: int
+
+
+@contextmanager
+def translate_errors(what: str) -> Iterator[None]:
+    """Turn redis-py exceptions into the engine's store errors."""
+    try:
+        yield
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+        raise StoreUnavailable(f"Redis unavailable during {what}: {exc}") from exc
+    except redis_errors.RedisError as exc:
+        raise StoreError(f"Redis error during {what}: {exc}") from exc
+
+
+def _load_script(name: str) -> str:
+    return resources.files("memory_engine").joinpath(f"lua/{name}.lua").read_text("utf-8")
+
+
+class MemoryStore:
+    """Data access for memories. Thread-safe: redis-py's pool hands each call its connection."""
+
+    def __init__(self, client: redis.Redis, keyspace: KeySpace) -> None:
+        self.redis = client
+        self.keyspace = keyspace
+        self._sources = {name: _load_script(name) for name in _SCRIPT_NAMES}
+        # SHA1 computed locally: no round trip at start-up; scripts are loaded on first NOSCRIPT.
+        self._shas = {
+            name: hashlib.sha1(src.encode("utf-8")).hexdigest()
+            for name, src in self._sources.items()
+        }
+
+    # ---- script plumbing -----------------------------------------------------------
+
+    def _run_pipeline(
+        self, what: str, build: Callable[[Any], None], transaction: bool = False
+    ) -> list[Any]:
+        """Run a pipeline whose first command may be an EVALSHA; reload scripts on NOSCRIPT.
+
+        Retrying is safe: a NOSCRIPT reply means the script did not run, and the index commands
+        pipelined after it are idempotent (ZADD of the same member).
+        """
+        with translate_errors(what):
+            for attempt in (0, 1):
+                pipe = self.redis.pipeline(transaction=transaction)
+                build(pipe)
+                try:
+                    return list(pipe.execute())
+                except redis_errors.NoScriptError:
+                    if attempt:
+                        raise
+                    self._load_scripts()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _load_scripts(self) -> None:
+        for name, src in self._sources.items():
+            self._shas[name] = str(self.redis.script_load(src))
+
+    def _evalsha(self, what: str, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        def build(pipe: Any) -> None:
+            pipe.evalsha(self._shas[name], len(keys), *keys, *args)
+
+        return self._run_pipeline(what, build)[0]
+
+    # ---- writes ----------------------------------------------------------------------
+
+    def append(
+        self,
+        keys: MemoryKeys,
+        messages: Sequence[PendingMessage],
+        *,
+        resource_id: str,
+        ttl_s: int,
+        token_threshold: int,
+        message_threshold: int,
+        marker_ttl_s: int,
+        now: float | None = None,
+    ) -> AppendOutcome:
+        """Append atomically (all or none) and update the indexes, in one round trip."""
+        now = time.time() if now is None else now
+        args: list[Any] = [
+            ttl_s * 1000,
+            repr(now),
+            resource_id,
+            token_threshold,
+            message_threshold,
+            marker_ttl_s * 1000,
+            len(messages),
+            sum(1 for m in messages if m.is_system),
+        ]
+        for m in messages:
+            args.append(m.body)
+            args.append(m.token_count)
+        script_keys = (keys.msgs, keys.meta, keys.summary, keys.used, keys.flush)
+        sha = self._shas["append"]
+
+        def build(pipe: Any) -> None:
+            pipe.evalsha(sha, len(script_keys), *script_keys, *args)
+            pipe.zadd(self.keyspace.access_index, {keys.memory_id: now})
+            if ttl_s > 0:
+                pipe.zadd(self.keyspace.expiry_index, {keys.memory_id: now + ttl_s})
+
+        first, last, count, total, requested, epoch = self._run_pipeline("append", build)[0]
+        return AppendOutcome(int(first), int(last), int(count), int(total), bool(requested), int(epoch))
+
+    def replace(
+        self,
+        keys: MemoryKeys,
+        messages: Sequence[PendingMessage],
+        *,
+        resource_id: str,
+        ttl_s: int,
+        now: float | None = None,
+    ) -> tuple[int, int, int]:
+        """Replace all messages; keeps the memory's TTL, bumps the epoch. -> (count, tokens, epoch)."""
+        now = time.time() if now is None else now
+        args: list[Any] = [
+            repr(now),
+            resource_id,
+            ttl_s * 1000,
+            len(messages),
+            sum(1 for m in messages if m.is_system),
+        ]
+        for m in messages:
+            args.extend((m.body, m.token_count))
+        script_keys = (keys.msgs, keys.meta, keys.summary, keys.used)
+        sha = self._shas["replace"]
+
+        def build(pipe: Any) -> None:
+            pipe.evalsha(sha, len(script_keys), *script_keys, *args)
+            pipe.zadd(self.keyspace.access_index, {keys.memory_id: now})
+
+        count, tokens, epoch, _first, _last = self._run_pipeline("replace", build)[0]
+        return int(count), int(tokens), int(epoch)
+
+    def clear(self, keys: MemoryKeys, now: float | None = None) -> int:
+        """Remove all messages and the summary; keep metadata. Returns how many were cleared."""
+        now = time.time() if now is None else now
+        cleared, _epoch = self._evalsha(
+            "clear", "clear", (keys.msgs, keys.meta, keys.summary, keys.used), (repr(now),)
+        )
+        return int(cleared)
+
+    def delete(self, keys: MemoryKeys) -> bool:
+        """Remove every key of the memory and its index entries. True if it existed."""
+
+        def build(pipe: Any) -> None:
+            pipe.delete(keys.msgs, keys.meta, keys.summary, keys.used, keys.flush, keys.lock)
+            for index in (
+                self.keyspace.expiry_index,
+                self.keyspace.access_index,
+                self.keyspace.pending_index,
+            ):
+                pipe.zrem(index, keys.memory_id)
+
+        return bool(self._run_pipeline("delete", build, transaction=True)[0])
+
+    def commit(
+        self,
+        keys: MemoryKeys,
+        snapshot: Snapshot,
+        *,
+        drop: Sequence[int],
+        summarize: Sequence[int],
+        summary: Summary | None,
+        lock_token: str | None,
+        counter_field: str,
+        clear_marker: bool,
+        created_at: str,
+        now: float | None = None,
+    ) -> CommitResult:
+        """Apply a plan atomically; raise :class:`FlushConflict` or :class:`LockLost` if fenced."""
+        now = time.time() if now is None else now
+        args: list[Any] = [
+            snapshot.epoch,
+            created_at,
+            lock_token or "",
+            repr(now),
+            counter_field,
+            "1" if clear_marker else "0",
+            "1" if summary is not None else "0",
+            summary.text if summary else "",
+            summary.token_count if summary else 0,
+            summary.summary_point if summary else 0,
+            summary.source if summary else "",
+            len(drop),
+            len(summarize),
+            *drop,
+            *summarize,
+        ]
+        script_keys = (keys.msgs, keys.meta, keys.summary, keys.used, keys.lock, keys.flush)
+        status, dropped, summarized, tokens, count, total, epoch = self._evalsha(
+            "commit", "commit", script_keys, args
+        )
+        if status == -1:
+            raise FlushConflict(
+                f"memory {keys.memory_id} changed during the flush (epoch {snapshot.epoch} -> {epoch})"
+            )
+        if status == -2:
+            raise LockLost(f"lock of memory {keys.memory_id} was lost before the commit")
+        return CommitResult(
+            int(dropped), int(summarized), int(tokens), int(count), int(total), int(epoch)
+        )
+
+    def set_flush_marker(self, keys: MemoryKeys, ttl_s: int, now: float | None = None) -> bool:
+        """SET NX the flush marker and index it. True if this call set it."""
+        now = time.time() if now is None else now
+
+        def build(pipe: Any) -> None:
+            pipe.set(keys.flush, repr(now), nx=True, px=ttl_s * 1000)
+            pipe.zadd(self.keyspace.pending_index, {keys.memory_id: now}, nx=True)
+
+        was_set = bool(self._run_pipeline("set flush marker", build)[0])
+        return was_set
+
+    def index_pending(self, keys: MemoryKeys, now: float) -> None:
+        with translate_errors("index pending flush"):
+            self.redis.zadd(self.keyspace.pending_index, {keys.memory_id: now}, nx=True)
+
+    def clear_flush_marker(self, keys: MemoryKeys) -> None:
+        def build(pipe: Any) -> None:
+            pipe.delete(keys.flush)
+            pipe.zrem(self.keyspace.pending_index, keys.memory_id)
+
+        self._run_pipeline("clear flush marker", build)
+
+    def record_use(
+        self, keys: MemoryKeys, seqs: Sequence[int], ttl_s: int, now: float | None = None
+    ) -> None:
+        """LRU bookkeeping: one ZADD of the returned seqs (O(k log n)), with the memory's TTL."""
+        if not seqs:
+            return
+        now = time.time() if now is None else now
+
+        def build(pipe: Any) -> None:
+            pipe.zadd(keys.used, {str(s): now for s in seqs})
+            if ttl_s > 0:
+                pipe.expire(keys.used, ttl_s)
+
+        self._run_pipeline("record use", build)
+
+    def reconcile(self, keys: MemoryKeys, now: float | None = None) -> int:
+        """Recompute counters from the list; returns how many fields were corrected."""
+        now = time.time() if now is None else now
+        fixed, _count, _tokens = self._evalsha(
+            "reconcile", "reconcile", (keys.msgs, keys.meta), (repr(now),)
+        )
+        return int(fixed)
+
+    # ---- reads -----------------------------------------------------------------------
+
+    def read(self, keys: MemoryKeys) -> list[Message]:
+        with translate_errors("read"):
+            raw = self.redis.lrange(keys.msgs, 0, -1)
+        return [Message.from_wire(r) for r in raw]
+
+    def read_page(self, keys: MemoryKeys, offset: int, limit: int) -> tuple[list[Message], int]:
+        def build(pipe: Any) -> None:
+            pipe.llen(keys.msgs)
+            pipe.lrange(keys.msgs, offset, offset + limit - 1)
+
+        total, raw = self._run_pipeline("read page", build, transaction=True)
+        return [Message.from_wire(r) for r in raw], int(total)
+
+    def read_tail(self, keys: MemoryKeys, count: int) -> list[Message]:
+        with translate_errors("read tail"):
+            raw = self.redis.lrange(keys.msgs, -count, -1)
+        return [Message.from_wire(r) for r in raw]
+
+    def snapshot(self, keys: MemoryKeys, *, with_usage: bool = False) -> tuple[Snapshot, dict[str, str]]:
+        """A consistent view (MULTI/EXEC): messages, metadata, summary and LRU use times."""
+
+        def build(pipe: Any) -> None:
+            pipe.lrange(keys.msgs, 0, -1)
+            pipe.hgetall(keys.meta)
+            pipe.hgetall(keys.summary)
+            if with_usage:
+                pipe.zrange(keys.used, 0, -1, withscores=True)
+
+        replies = self._run_pipeline("snapshot", build, transaction=True)
+        raw, meta_raw, summary_raw = replies[0], replies[1], replies[2]
+        meta = _decode_hash(meta_raw)
+        summary = summary_from_hash(_decode_hash(summary_raw))
+        used: dict[int, float] = {}
+        if with_usage:
+            used = {int(m): float(score) for m, score in replies[3]}
+        snap = Snapshot(
+            key=keys.memory_id,
+            messages=tuple(Message.from_wire(r) for r in raw),
+            epoch=int(meta.get("epoch", 0)),
+            last_seq=int(meta.get("seq", 0)),
+            token_count=int(meta.get("token_count", 0)),
+            summary=summary,
+            last_used=used,
+            taken_at=time.time(),
+        )
+        return snap, meta
+
+    def metadata(self, keys: MemoryKeys) -> tuple[dict[str, str], int, bool, dict[str, str]]:
+        """(meta hash, ttl in seconds as Redis reports it, flush pending, summary hash)."""
+
+        def build(pipe: Any) -> None:
+            pipe.hgetall(keys.meta)
+            pipe.ttl(keys.meta)
+            pipe.exists(keys.flush)
+            pipe.hgetall(keys.summary)
+
+        meta, ttl, pending, summary = self._run_pipeline("stats", build, transaction=True)
+        return _decode_hash(meta), int(ttl), bool(pending), _decode_hash(summary)
+
+    def summary(self, keys: MemoryKeys) -> Summary | None:
+        with translate_errors("read summary"):
+            return summary_from_hash(_decode_hash(self.redis.hgetall(keys.summary)))
+
+
+def _decode_hash(raw: dict[Any, Any]) -> dict[str, str]:
+    return {
+        (k.decode() if isinstance(k, bytes) else str(k)): (
+            v.decode() if isinstance(v, bytes) else str(v)
+        )
+        for k, v in raw.items()
+    }
+
+
+def summary_from_hash(data: dict[str, str]) -> Summary | None:
+    if not data.get("text"):
+        return None
+    return Summary(
+        text=data["text"],
+        token_count=int(data.get("token_count", 0)),
+        summary_point=int(data.get("summary_point", 0)),
+        covered_count=int(data.get("covered", 0)),
+        source=data.get("source", ""),
+        updated_at=float(data["updated_at"]) if data.get("updated_at") else None,
+    )

@@ -1,0 +1,336 @@
+"""Store operations against the private Redis: every write, read and invariant of DESIGN §3-4."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from memory_engine.client import MemoryClient
+from memory_engine.errors import MessageValidationError, StoreUnavailable
+from memory_engine.messages import Message
+from memory_engine.settings import Settings
+from memory_engine.tokens import counter_for
+
+from .helpers import client_with, ctx, resource
+
+
+@pytest.fixture
+def mc(settings: Settings) -> Iterator[MemoryClient]:
+    with client_with(
+        settings,
+        resource("conv"),
+        resource(
+            "private",
+            privacy_policy={
+                "redact_patterns": [r"[\w.+-]+@[\w-]+\.[\w.]+"],
+                "non_persistable_message_types": ["System"],
+                "default_redaction_string": "[EMAIL]",
+            },
+        ),
+        resource("forever", persistence={"ttl": "0"}),
+    ) as c:
+        yield c
+
+
+def raw_list(r: redis.Redis, mc: MemoryClient, key: str) -> list[dict[str, object]]:
+    return [json.loads(x) for x in r.lrange(mc.keyspace.memory(key).msgs, 0, -1)]
+
+
+def test_append_then_read_round_trip(mc: MemoryClient) -> None:
+    m = mc.memory("conv", ctx("a"))
+    r1 = m.append({"role": "user", "content": "Hello there"})
+    r2 = m.append(Message(role="assistant", content="Hi! How can I help?", name="bot"))
+    assert (r1.stored, r1.message_count, r1.first_seq) == (True, 1, 1)
+    assert (r2.message_count, r2.last_seq) == (2, 2)
+    got = m.read()
+    assert [(x.seq, x.role.value, x.content) for x in got] == [
+        (1, "user", "Hello there"),
+        (2, "assistant", "Hi! How can I help?"),
+    ]
+    counter = counter_for(None)
+    expected = [counter.count_message(Message(role="user", content="Hello there")),
+                counter.count_message(Message(role="assistant", content="Hi! How can I help?", name="bot"))]
+    assert [x.token_count for x in got] == expected
+    assert r2.token_count == sum(expected)
+    assert got[1].name == "bot"
+
+
+def test_append_many_is_all_or_none(mc: MemoryClient, redis_client: redis.Redis) -> None:
+    m = mc.memory("conv", ctx("batch"))
+    m.append({"role": "user", "content": "first"})
+    with pytest.raises(MessageValidationError, match="message 2"):
+        m.append_many([{"role": "user", "content": "ok"}, {"role": "assistant", "content": "ok"},
+                       {"role": "robot", "content": "bad role"}])
+    assert m.stats().message_count == 1
+    assert redis_client.llen(m.keys.msgs) == 1
+    res = m.append_many([{"role": "user", "content": f"m{i}"} for i in range(5)])
+    assert (res.appended, res.message_count, res.first_seq, res.last_seq) == (5, 6, 2, 6)
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        ({"role": "user", "content": ""}, "empty"),
+        ({"role": "user", "content": "   "}, "empty"),
+        ({"role": "user"}, "content"),
+        ({"role": "user", "content": 12}, "content"),
+        ({"role": "user", "content": "x", "extra": 1}, "extra"),
+        ({"role": "tool", "content": "result"}, "tool_call_id"),
+        ({"role": "user", "content": "x" * 70_000}, "max_message_bytes"),
+        ({"role": "user", "content": "bad \ud800 surrogate"}, "UTF-8"),
+        ({"role": "user", "content": "x", "metadata": {"obj": object()}}, "metadata"),
+        ("just a string", "Message or a dict"),
+    ],
+)
+def test_malformed_messages_are_rejected_and_nothing_is_written(
+    mc: MemoryClient, redis_client: redis.Redis, bad: object, match: str
+) -> None:
+    m = mc.memory("conv", ctx("bad"))
+    with pytest.raises(MessageValidationError, match=match):
+        m.append(bad)  # type: ignore[arg-type]
+    assert redis_client.exists(m.keys.msgs, m.keys.meta) == 0
+
+
+def test_batch_limits(settings: Settings) -> None:
+    with client_with(settings, resource("conv"), max_batch_messages=3, max_batch_bytes=2048) as c:
+        m = c.memory("conv", ctx("lim"))
+        with pytest.raises(MessageValidationError, match="max_batch_messages"):
+            m.append_many([{"role": "user", "content": "x"}] * 4)
+        with pytest.raises(MessageValidationError, match="max_batch_bytes"):
+            m.append_many([{"role": "user", "content": "y" * 900}] * 3)
+        assert m.stats().message_count == 0
+
+
+def test_redaction_happens_before_storage(mc: MemoryClient, redis_client: redis.Redis) -> None:
+    m = mc.memory("private", ctx("priv"))
+    res = m.append({"role": "user", "content": "mail me at jane.doe@example.com or j@x.org"})
+    assert res.redacted == 2
+    stored = redis_client.lrange(m.keys.msgs, 0, -1)
+    assert b"example.com" not in stored[0] and b"x.org" not in stored[0]
+    assert m.read()[0].content == "mail me at [EMAIL] or [EMAIL]"
+
+
+def test_non_persistable_roles_are_not_stored(mc: MemoryClient, redis_client: redis.Redis) -> None:
+    m = mc.memory("private", ctx("np"))
+    res = m.append({"role": "SYSTEM", "content": "internal prompt"})
+    assert (res.stored, res.appended, res.skipped) == (False, 0, 1)
+    assert redis_client.exists(m.keys.msgs) == 0
+    res = m.append_many([{"role": "system", "content": "x"}, {"role": "user", "content": "kept"}])
+    assert (res.stored, res.appended, res.skipped) == (True, 1, 1)
+    assert [x.content for x in m.read()] == ["kept"]
+
+
+def test_read_page(mc: MemoryClient) -> None:
+    m = mc.memory("conv", ctx("page"))
+    m.append_many([{"role": "user", "content": f"m{i}"} for i in range(7)])
+    p = m.read_page(0, 3)
+    assert ([x.content for x in p.messages], p.total, p.has_more) == (["m0", "m1", "m2"], 7, True)
+    p = m.read_page(6, 3)
+    assert ([x.content for x in p.messages], p.has_more) == (["m6"], False)
+    p = m.read_page(10, 3)
+    assert (p.messages, p.total, p.has_more) == ([], 7, False)
+    with pytest.raises(MessageValidationError):
+        m.read_page(-1, 3)
+
+
+def test_sliding_ttl_on_every_key(mc: MemoryClient, redis_client: redis.Redis) -> None:
+    m = mc.memory("conv", ctx("ttl"))
+    m.append({"role": "user", "content": "one"})
+    for k in (m.keys.msgs, m.keys.meta):
+        assert 3500 < redis_client.ttl(k) <= 3600
+        redis_client.expire(k, 10)
+    m.append({"role": "user", "content": "two"})
+    for k in (m.keys.msgs, m.keys.meta):
+        assert redis_client.ttl(k) > 3500
+    assert m.stats().ttl_s > 3500
+    score = redis_client.zscore(mc.keyspace.expiry_index, m.key)
+    assert score is not None and score > 0
+
+
+def test_ttl_zero_means_no_expiry(mc: MemoryClient, redis_client: redis.Redis) -> None:
+    m = mc.memory("forever", ctx("f"))
+    m.append({"role": "user", "content": "one"})
+    assert redis_client.ttl(m.keys.msgs) == -1
+    assert m.stats().ttl_s == -1
+    assert redis_client.zscore(mc.keyspace.expiry_index, m.key) is None
+
+
+def test_replace_keeps_ttl_bumps_epoch_and_continues_seq(mc: MemoryClient, redis_client: redis.Redis) -> None:
+    m = mc.memory("conv", ctx("rep"))
+    m.append_many([{"role": "user", "content": f"m{i}"} for i in range(3)])
+    redis_client.expire(m.keys.meta, 500)
+    redis_client.expire(m.keys.msgs, 500)
+    before = m.stats()
+    assert m.replace([{"role": "user", "content": "fresh"}, {"role": "assistant", "content": "start"}]) == 2
+    after = m.stats()
+    assert after.epoch == before.epoch + 1
+    assert 400 < redis_client.ttl(m.keys.msgs) <= 500
+    assert [(x.seq, x.content) for x in m.read()] == [(4, "fresh"), (5, "start")]
+    assert after.message_count == 2
+    assert after.token_count == sum(x.token_count or 0 for x in m.read())
+    assert int(redis_client.hget(m.keys.meta, "replaced") or 0) == 3
+
+
+def test_clear_and_delete(mc: MemoryClient, redis_client: redis.Redis) -> None:
+    m = mc.memory("conv", ctx("clr"))
+    m.append_many([{"role": "user", "content": f"m{i}"} for i in range(4)])
+    assert m.clear() == 4
+    s = m.stats()
+    assert (s.message_count, s.token_count, s.epoch, s.last_seq) == (0, 0, 1, 4)
+    assert m.read() == []
+    m.append({"role": "user", "content": "after"})
+    assert m.read()[0].seq == 5
+    assert m.delete() is True
+    assert redis_client.exists(m.keys.meta, m.keys.msgs) == 0
+    assert redis_client.zscore(mc.keyspace.access_index, m.key) is None
+    assert m.stats().ttl_s == -2
+
+
+def test_stats_reports_budget(mc: MemoryClient) -> None:
+    m = mc.memory("conv", ctx("st"))
+    res = m.append({"role": "user", "content": "hello " * 50})
+    s = m.stats()
+    assert s.message_count == 1 and s.token_count == res.token_count
+    assert s.max_tokens == 100_000
+    assert s.budget_used == round(res.token_count / 100_000, 4)
+    assert s.flush_pending is False and s.resource_id == "conv"
+
+
+def test_append_is_one_round_trip(mc: MemoryClient, redis_url: str) -> None:
+    m = mc.memory("conv", ctx("rt"))
+    m.append({"role": "user", "content": "warm up: scripts loaded, connection open"})
+    monitor_client = redis.Redis.from_url(redis_url)
+    seen: list[str] = []
+    ready = threading.Event()
+    done = threading.Event()
+
+    def watch() -> None:
+        with monitor_client.monitor() as mon:
+            ready.set()
+            for cmd in mon.listen():
+                text = cmd["command"]
+                if "rt-end-marker" in text:
+                    break
+                if m.key in text and cmd.get("client_type") != "lua":
+                    seen.append(text.split(" ", 1)[0].strip('"').upper())
+        done.set()
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    assert ready.wait(5)
+    # Count socket writes on the client's own connections too.
+    conn = mc.redis.connection_pool.get_connection()
+    mc.redis.connection_pool.release(conn)
+    sends = 0
+    original = type(conn).send_packed_command
+
+    def counting(self: redis.Connection, command: object, check_health: bool = True) -> None:
+        nonlocal sends
+        sends += 1
+        original(self, command, check_health)
+
+    type(conn).send_packed_command = counting  # type: ignore[method-assign]
+    try:
+        m.append({"role": "user", "content": "the measured append"})
+    finally:
+        type(conn).send_packed_command = original  # type: ignore[method-assign]
+    monitor_client.ping()
+    monitor_client.get("rt-end-marker")
+    assert done.wait(5)
+    monitor_client.close()
+    assert sends == 1
+    assert seen == ["EVALSHA", "ZADD", "ZADD"]
+
+
+def test_scripts_reload_after_script_flush(mc: MemoryClient, redis_client: redis.Redis) -> None:
+    m = mc.memory("conv", ctx("noscript"))
+    m.append({"role": "user", "content": "a"})
+    redis_client.script_flush()
+    m.append({"role": "user", "content": "b"})
+    assert [x.content for x in m.read()] == ["a", "b"]
+
+
+def test_redis_down_raises_store_unavailable(settings: Settings) -> None:
+    down = settings.replace(redis_url="redis://127.0.0.1:1/0", socket_connect_timeout_s=0.5)
+    with client_with(down, resource("conv")) as c:
+        m = c.memory("conv", ctx("down"))
+        with pytest.raises(StoreUnavailable):
+            m.append({"role": "user", "content": "lost?"})
+        with pytest.raises(StoreUnavailable):
+            m.read()
+
+
+def assert_consistent(r: redis.Redis, mc: MemoryClient, key: str) -> list[dict[str, object]]:
+    keys = mc.keyspace.memory(key)
+    items = [json.loads(x) for x in r.lrange(keys.msgs, 0, -1)]
+    meta = {k.decode(): v.decode() for k, v in r.hgetall(keys.meta).items()}
+    assert int(meta.get("message_count", 0)) == len(items)
+    assert int(meta.get("token_count", 0)) == sum(int(i["token_count"]) for i in items)  # type: ignore[call-overload]
+    seqs = [int(i["seq"]) for i in items]  # type: ignore[call-overload]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    return items
+
+
+def test_concurrent_appends_lose_nothing(mc: MemoryClient, redis_client: redis.Redis) -> None:
+    m = mc.memory("conv", ctx("storm"))
+    threads, per = 8, 500
+
+    def worker(t: int) -> None:
+        for i in range(per):
+            m.append({"role": "user", "content": f"t{t}-m{i} " + "w" * (i % 17)})
+
+    ts = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    items = assert_consistent(redis_client, mc, m.key)
+    assert len(items) == threads * per
+    assert {i["content"].split(" ")[0] for i in items} == {f"t{t}-m{i}" for t in range(threads) for i in range(per)}  # type: ignore[union-attr]
+    assert [int(i["seq"]) for i in items] == list(range(1, threads * per + 1))  # type: ignore[call-overload]
+    # per-thread order is preserved
+    for t in range(threads):
+        mine = [int(i["content"].split(" ")[0].split("-m")[1]) for i in items if i["content"].startswith(f"t{t}-")]  # type: ignore[union-attr]
+        assert mine == list(range(per))
+
+
+def test_concurrent_appends_with_replace_and_clear_keep_metadata_exact(
+    mc: MemoryClient, redis_client: redis.Redis
+) -> None:
+    m = mc.memory("conv", ctx("mixed"))
+    stop = threading.Event()
+    acked = [0] * 8
+
+    def appender(t: int) -> None:
+        for i in range(300):
+            m.append({"role": "user", "content": f"t{t} m{i}"})
+            acked[t] += 1
+
+    def disruptor() -> None:
+        n = 0
+        while not stop.is_set():
+            if n % 2:
+                m.clear()
+            else:
+                m.replace([{"role": "system", "content": f"reset {n}"}])
+            n += 1
+
+    d = threading.Thread(target=disruptor)
+    ts = [threading.Thread(target=appender, args=(t,)) for t in range(8)]
+    d.start()
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    stop.set()
+    d.join()
+    assert_consistent(redis_client, mc, m.key)
+    meta = {k.decode(): int(float(v)) for k, v in redis_client.hgetall(m.keys.meta).items()
+            if k.decode() in {"seq", "message_count", "cleared", "replaced"}}
+    # Accounting: every message ever stored is in the list, cleared, or replaced.
+    assert meta["seq"] == meta["message_count"] + meta.get("cleared", 0) + meta.get("replaced", 0)
+    assert sum(acked) == 8 * 300
