@@ -80,7 +80,7 @@ class MemoryClient:
         template = key_template or resource.default_key_template
         if not template:
             raise KeyTemplateError(
-                f"resource {resource_id!r} has no default_key_template and no key_template was given"
+                f"resource {resource_id!r} has no default_key_template and no key_template given"
             )
         memory_id = render_key(
             template, context, default_project_id=self.settings.default_project_id
@@ -303,9 +303,13 @@ class Memory:
                 {"memory_id": self.key, "resource_id": self.resource.id, "reason": reason},
             )
         except Exception:
-            log.exception("could not enqueue %s for memory %s; marker released", TASK_FLUSH, self.key)
+            log.exception(
+                "could not enqueue %s for memory %s; marker released, the sweep will retry",
+                TASK_FLUSH,
+                self.key,
+            )
             try:
-                store.clear_flush_marker(self.keys)
+                store.release_flush_marker(self.keys)
             except Exception:
                 log.warning("could not release flush marker of %s; it expires by TTL", self.key)
             return False
@@ -326,7 +330,8 @@ class Memory:
             raise MessageValidationError("no messages given")
         if len(items) > settings.max_batch_messages:
             raise MessageValidationError(
-                f"batch of {len(items)} messages exceeds max_batch_messages={settings.max_batch_messages}"
+                f"batch of {len(items)} messages exceeds "
+                f"max_batch_messages={settings.max_batch_messages}"
             )
         redactor = self.client.redactor_for(self.resource)
         counter = self.client.counter_for(self.resource)
@@ -355,7 +360,8 @@ class Memory:
             size = len(body.encode("utf-8", "surrogatepass"))
             if size > settings.max_message_bytes:
                 raise MessageValidationError(
-                    f"message {index} is {size} bytes stored; max_message_bytes={settings.max_message_bytes}"
+                    f"message {index} is {size} bytes stored; "
+                    f"max_message_bytes={settings.max_message_bytes}"
                 )
             total_bytes += size
             pending.append(PendingMessage(body, tokens, message.is_system))

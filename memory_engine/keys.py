@@ -109,7 +109,9 @@ def validate_key(key: str) -> str:
     if not key:
         raise KeyTemplateError("rendered key is empty")
     if len(key) > KEY_MAX_LENGTH:
-        raise KeyTemplateError(f"rendered key is {len(key)} characters; the maximum is {KEY_MAX_LENGTH}")
+        raise KeyTemplateError(
+            f"rendered key is {len(key)} characters; the maximum is {KEY_MAX_LENGTH}"
+        )
     if not _KEY_PATTERN.match(key):
         bad = sorted({c for c in key if not _KEY_PATTERN.match(c)})
         shown = ", ".join(repr(c) for c in bad[:8])
@@ -165,9 +167,7 @@ class _TemplateRenderer:
 _RENDERER = _TemplateRenderer()
 
 
-def render_key(
-    template: str, context: dict[str, Any] | None, *, default_project_id: str
-) -> str:
+def render_key(template: str, context: dict[str, Any] | None, *, default_project_id: str) -> str:
     """Render ``template`` against the workflow ``context`` and return the namespaced memory id.
 
     The project id comes from ``context["project"]["id"]``, else ``default_project_id``. A missing

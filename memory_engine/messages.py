@@ -1,4 +1,4 @@
-"""Value objects: messages and the results the client returns. All frozen; each owns its wire format.
+"""Value objects: messages and the results the client returns. Frozen; each owns its wire format.
 
 Wire format of a stored message (one JSON string per LIST element). ``seq`` is always the first
 field and ``token_count`` the second, so Lua scripts can read both with one ``string.match`` and
@@ -37,7 +37,7 @@ class Role(StrEnum):
 
 
 class Message(BaseModel):
-    """One conversation message. ``seq``, ``token_count`` and ``created_at`` are set by the store."""
+    """One conversation message; ``seq``, ``token_count``, ``created_at`` are set by the store."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
 
@@ -84,7 +84,7 @@ class Message(BaseModel):
         if self.seq is None or self.token_count is None:
             raise ValueError("to_wire needs seq and token_count")
         body = self.wire_body(self.token_count, self.created_at or 0.0)
-        return '{"seq":%d,%s' % (self.seq, body[1:])
+        return f'{{"seq":{self.seq},{body[1:]}'
 
     @classmethod
     def from_wire(cls, raw: str | bytes) -> Message:
@@ -107,7 +107,7 @@ class Message(BaseModel):
 
 
 def coerce_message(value: Message | dict[str, Any]) -> Message:
-    """Accept a :class:`Message` or a plain dict; raise :class:`MessageValidationError` otherwise."""
+    """Accept a :class:`Message` or a plain dict, else raise :class:`MessageValidationError`."""
     if isinstance(value, Message):
         return value
     if not isinstance(value, dict):
@@ -125,7 +125,7 @@ def coerce_message(value: Message | dict[str, Any]) -> Message:
 
 
 class AppendResult(BaseModel):
-    """What an append did. ``stored`` is False when the role is non-persistable (nothing written)."""
+    """What an append did. ``stored`` is False when the role is non-persistable (not written)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -151,7 +151,7 @@ class Page(BaseModel):
 
 
 class MemoryStats(BaseModel):
-    """Counts from metadata (O(1)); ``ttl_s`` is -1 without expiry and -2 when the memory is gone."""
+    """Counts from metadata (O(1)); ``ttl_s`` is -1 without expiry, -2 when the memory is gone."""
 
     model_config = ConfigDict(frozen=True)
 

@@ -109,7 +109,7 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Build settings from the environment plus ``overrides``; errors become :class:`ConfigError`."""
+    """Settings from the environment plus ``overrides``; errors become :class:`ConfigError`."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:

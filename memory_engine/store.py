@@ -162,7 +162,9 @@ class MemoryStore:
                 pipe.zadd(self.keyspace.expiry_index, {keys.memory_id: now + ttl_s})
 
         first, last, count, total, requested, epoch = self._run_pipeline("append", build)[0]
-        return AppendOutcome(int(first), int(last), int(count), int(total), bool(requested), int(epoch))
+        return AppendOutcome(
+            int(first), int(last), int(count), int(total), bool(requested), int(epoch)
+        )
 
     def replace(
         self,
@@ -173,7 +175,7 @@ class MemoryStore:
         ttl_s: int,
         now: float | None = None,
     ) -> tuple[int, int, int]:
-        """Replace all messages; keeps the memory's TTL, bumps the epoch. -> (count, tokens, epoch)."""
+        """Replace all messages; keep the TTL, bump the epoch. -> (count, tokens, epoch)."""
         now = time.time() if now is None else now
         args: list[Any] = [
             repr(now),
@@ -255,7 +257,8 @@ class MemoryStore:
         )
         if status == -1:
             raise FlushConflict(
-                f"memory {keys.memory_id} changed during the flush (epoch {snapshot.epoch} -> {epoch})"
+                f"memory {keys.memory_id} changed during the flush "
+                f"(epoch {snapshot.epoch} -> {epoch})"
             )
         if status == -2:
             raise LockLost(f"lock of memory {keys.memory_id} was lost before the commit")
@@ -277,6 +280,11 @@ class MemoryStore:
     def index_pending(self, keys: MemoryKeys, now: float) -> None:
         with translate_errors("index pending flush"):
             self.redis.zadd(self.keyspace.pending_index, {keys.memory_id: now}, nx=True)
+
+    def release_flush_marker(self, keys: MemoryKeys) -> None:
+        """Drop the marker but keep the pending-index entry, so the sweep retries the flush."""
+        with translate_errors("release flush marker"):
+            self.redis.delete(keys.flush)
 
     def clear_flush_marker(self, keys: MemoryKeys) -> None:
         def build(pipe: Any) -> None:
@@ -328,7 +336,9 @@ class MemoryStore:
             raw = self.redis.lrange(keys.msgs, -count, -1)
         return [Message.from_wire(r) for r in raw]
 
-    def snapshot(self, keys: MemoryKeys, *, with_usage: bool = False) -> tuple[Snapshot, dict[str, str]]:
+    def snapshot(
+        self, keys: MemoryKeys, *, with_usage: bool = False
+    ) -> tuple[Snapshot, dict[str, str]]:
         """A consistent view (MULTI/EXEC): messages, metadata, summary and LRU use times."""
 
         def build(pipe: Any) -> None:

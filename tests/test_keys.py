@@ -9,23 +9,34 @@ from hypothesis import strategies as st
 from memory_engine.errors import KeyTemplateError
 from memory_engine.keys import KEY_MAX_LENGTH, KeySpace, project_of, render_key, validate_key
 
-CTX = {"project": {"id": "acme"}, "workflow": {"id": "wf-1", "input": {"user_id": "u42", "conv": "c7"}}}
+CTX = {
+    "project": {"id": "acme"},
+    "workflow": {"id": "wf-1", "input": {"user_id": "u42", "conv": "c7"}},
+}
 
 
 def test_renders_against_workflow_context_and_namespaces_by_project() -> None:
-    key = render_key("chat:{{ workflow.input.user_id }}:{{ workflow.input.conv }}", CTX, default_project_id="dflt")
+    key = render_key(
+        "chat:{{ workflow.input.user_id }}:{{ workflow.input.conv }}",
+        CTX,
+        default_project_id="dflt",
+    )
     assert key == "acme:chat:u42:c7"
     assert project_of(key) == "acme"
 
 
 def test_default_project_id_when_context_has_none() -> None:
-    key = render_key("chat:{{ workflow.id }}", {"workflow": {"id": "w9"}}, default_project_id="dflt")
+    key = render_key(
+        "chat:{{ workflow.id }}", {"workflow": {"id": "w9"}}, default_project_id="dflt"
+    )
     assert key == "dflt:chat:w9"
 
 
 def test_missing_variable_is_an_error_never_a_fallback() -> None:
     with pytest.raises(KeyTemplateError, match="user_id"):
-        render_key("chat:{{ workflow.input.user_id }}", {"workflow": {"input": {}}}, default_project_id="d")
+        render_key(
+            "chat:{{ workflow.input.user_id }}", {"workflow": {"input": {}}}, default_project_id="d"
+        )
 
 
 def test_sandbox_blocks_attribute_escape() -> None:
@@ -48,7 +59,9 @@ def test_sandbox_blocks_attribute_escape() -> None:
 )
 def test_invalid_rendered_keys_are_rejected(value: str, problem: str) -> None:
     with pytest.raises(KeyTemplateError, match=problem):
-        render_key("{{ workflow.input.v }}", {"workflow": {"input": {"v": value}}}, default_project_id="d")
+        render_key(
+            "{{ workflow.input.v }}", {"workflow": {"input": {"v": value}}}, default_project_id="d"
+        )
 
 
 @pytest.mark.parametrize("project", ["a:b", "", "x" * 65, "a b", "{x}"])
@@ -71,8 +84,16 @@ def test_keyspace_uses_one_hash_tag_per_memory() -> None:
 
 
 def test_two_projects_same_template_get_disjoint_keys() -> None:
-    a = render_key("chat:{{ workflow.id }}", {"project": {"id": "p1"}, "workflow": {"id": "w"}}, default_project_id="d")
-    b = render_key("chat:{{ workflow.id }}", {"project": {"id": "p2"}, "workflow": {"id": "w"}}, default_project_id="d")
+    a = render_key(
+        "chat:{{ workflow.id }}",
+        {"project": {"id": "p1"}, "workflow": {"id": "w"}},
+        default_project_id="d",
+    )
+    b = render_key(
+        "chat:{{ workflow.id }}",
+        {"project": {"id": "p2"}, "workflow": {"id": "w"}},
+        default_project_id="d",
+    )
     ks = KeySpace("mem")
     assert {ks.memory(a).msgs, ks.memory(a).meta}.isdisjoint({ks.memory(b).msgs, ks.memory(b).meta})
 
@@ -80,7 +101,11 @@ def test_two_projects_same_template_get_disjoint_keys() -> None:
 @given(st.text(max_size=300))
 def test_any_input_value_gives_a_valid_key_in_namespace_or_a_typed_error(value: str) -> None:
     try:
-        key = render_key("u:{{ workflow.input.v }}", {"project": {"id": "p1"}, "workflow": {"input": {"v": value}}}, default_project_id="d")
+        key = render_key(
+            "u:{{ workflow.input.v }}",
+            {"project": {"id": "p1"}, "workflow": {"input": {"v": value}}},
+            default_project_id="d",
+        )
     except KeyTemplateError:
         return
     assert project_of(key) == "p1"

@@ -52,8 +52,10 @@ def test_append_then_read_round_trip(mc: MemoryClient) -> None:
         (2, "assistant", "Hi! How can I help?"),
     ]
     counter = counter_for(None)
-    expected = [counter.count_message(Message(role="user", content="Hello there")),
-                counter.count_message(Message(role="assistant", content="Hi! How can I help?", name="bot"))]
+    expected = [
+        counter.count_message(Message(role="user", content="Hello there")),
+        counter.count_message(Message(role="assistant", content="Hi! How can I help?", name="bot")),
+    ]
     assert [x.token_count for x in got] == expected
     assert r2.token_count == sum(expected)
     assert got[1].name == "bot"
@@ -63,8 +65,13 @@ def test_append_many_is_all_or_none(mc: MemoryClient, redis_client: redis.Redis)
     m = mc.memory("conv", ctx("batch"))
     m.append({"role": "user", "content": "first"})
     with pytest.raises(MessageValidationError, match="message 2"):
-        m.append_many([{"role": "user", "content": "ok"}, {"role": "assistant", "content": "ok"},
-                       {"role": "robot", "content": "bad role"}])
+        m.append_many(
+            [
+                {"role": "user", "content": "ok"},
+                {"role": "assistant", "content": "ok"},
+                {"role": "robot", "content": "bad role"},
+            ]
+        )
     assert m.stats().message_count == 1
     assert redis_client.llen(m.keys.msgs) == 1
     res = m.append_many([{"role": "user", "content": f"m{i}"} for i in range(5)])
@@ -159,13 +166,18 @@ def test_ttl_zero_means_no_expiry(mc: MemoryClient, redis_client: redis.Redis) -
     assert redis_client.zscore(mc.keyspace.expiry_index, m.key) is None
 
 
-def test_replace_keeps_ttl_bumps_epoch_and_continues_seq(mc: MemoryClient, redis_client: redis.Redis) -> None:
+def test_replace_keeps_ttl_bumps_epoch_and_continues_seq(
+    mc: MemoryClient, redis_client: redis.Redis
+) -> None:
     m = mc.memory("conv", ctx("rep"))
     m.append_many([{"role": "user", "content": f"m{i}"} for i in range(3)])
     redis_client.expire(m.keys.meta, 500)
     redis_client.expire(m.keys.msgs, 500)
     before = m.stats()
-    assert m.replace([{"role": "user", "content": "fresh"}, {"role": "assistant", "content": "start"}]) == 2
+    assert (
+        m.replace([{"role": "user", "content": "fresh"}, {"role": "assistant", "content": "start"}])
+        == 2
+    )
     after = m.stats()
     assert after.epoch == before.epoch + 1
     assert 400 < redis_client.ttl(m.keys.msgs) <= 500
@@ -290,11 +302,17 @@ def test_concurrent_appends_lose_nothing(mc: MemoryClient, redis_client: redis.R
         t.join()
     items = assert_consistent(redis_client, mc, m.key)
     assert len(items) == threads * per
-    assert {i["content"].split(" ")[0] for i in items} == {f"t{t}-m{i}" for t in range(threads) for i in range(per)}  # type: ignore[union-attr]
+    assert {i["content"].split(" ")[0] for i in items} == {
+        f"t{t}-m{i}" for t in range(threads) for i in range(per)
+    }  # type: ignore[union-attr]
     assert [int(i["seq"]) for i in items] == list(range(1, threads * per + 1))  # type: ignore[call-overload]
     # per-thread order is preserved
     for t in range(threads):
-        mine = [int(i["content"].split(" ")[0].split("-m")[1]) for i in items if i["content"].startswith(f"t{t}-")]  # type: ignore[union-attr]
+        mine = [
+            int(i["content"].split(" ")[0].split("-m")[1])
+            for i in items
+            if i["content"].startswith(f"t{t}-")
+        ]  # type: ignore[union-attr]
         assert mine == list(range(per))
 
 
@@ -329,8 +347,11 @@ def test_concurrent_appends_with_replace_and_clear_keep_metadata_exact(
     stop.set()
     d.join()
     assert_consistent(redis_client, mc, m.key)
-    meta = {k.decode(): int(float(v)) for k, v in redis_client.hgetall(m.keys.meta).items()
-            if k.decode() in {"seq", "message_count", "cleared", "replaced"}}
+    meta = {
+        k.decode(): int(float(v))
+        for k, v in redis_client.hgetall(m.keys.meta).items()
+        if k.decode() in {"seq", "message_count", "cleared", "replaced"}
+    }
     # Accounting: every message ever stored is in the list, cleared, or replaced.
     assert meta["seq"] == meta["message_count"] + meta.get("cleared", 0) + meta.get("replaced", 0)
     assert sum(acked) == 8 * 300

@@ -1,0 +1,85 @@
+"""Celery configuration derived from :class:`memory_engine.settings.Settings`.
+
+Decisions (see ``shared/notes/celery.md`` for the verified behaviour behind them):
+
+- JSON only: pickle is refused on both sides (``accept_content``), so a crafted message cannot
+  execute code in a worker.
+- ``acks_late`` + ``reject_on_worker_lost`` + prefetch 1: a task whose worker dies is redelivered;
+  every task body is idempotent, so a second run changes nothing already done.
+- Visibility timeout > the hard time limit: a running task is never redelivered while it runs.
+- A result backend is kept (results are small JSON summaries of what a task did, useful in Flower
+  and to the CLI that waits for a flush) and expires after ``RESULT_EXPIRES_S``.
+- Task events on (worker and sent events) so Flower sees every task.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu.entity import Queue
+
+from memory_engine.settings import Settings
+from memory_engine.tasknames import QUEUE_FLUSH, QUEUES, TASK_ROUTES
+
+__all__ = ["RESULT_EXPIRES_S", "build_celery_config"]
+
+RESULT_EXPIRES_S = 3600
+BROKER_HEALTH_CHECK_INTERVAL_S = 25
+WORKER_SOFT_SHUTDOWN_S = 10.0
+REDBEAT_LOCK_TIMEOUT_S = 60
+BEAT_MAX_LOOP_INTERVAL_S = 10
+
+
+def build_celery_config(settings: Settings) -> dict[str, Any]:
+    """The Celery ``conf`` mapping for workers, Beat and Flower."""
+    transport = {
+        "visibility_timeout": settings.visibility_timeout_s,
+        "socket_timeout": max(30.0, settings.socket_timeout_s),
+        "socket_connect_timeout": settings.socket_connect_timeout_s,
+        "socket_keepalive": True,
+        "health_check_interval": BROKER_HEALTH_CHECK_INTERVAL_S,
+    }
+    return {
+        "broker_url": settings.broker_dsn(),
+        "result_backend": settings.broker_dsn(),
+        "result_expires": RESULT_EXPIRES_S,
+        "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
+        "redis_socket_timeout": max(30.0, settings.socket_timeout_s),
+        "redis_socket_connect_timeout": settings.socket_connect_timeout_s,
+        "redis_socket_keepalive": True,
+        "broker_transport_options": transport,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        # serialization: JSON only
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "event_serializer": "json",
+        # reliability
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_soft_time_limit": settings.task_soft_time_limit_s,
+        "task_time_limit": settings.task_time_limit_s,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_soft_shutdown_timeout": WORKER_SOFT_SHUTDOWN_S,
+        # observability
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_track_started": True,
+        # queues and routes
+        "task_queues": [Queue(name) for name in QUEUES],  # type: ignore[no-untyped-call]
+        "task_default_queue": QUEUE_FLUSH,
+        "task_routes": TASK_ROUTES,
+        "task_create_missing_queues": False,
+        # Beat: celery-redbeat keeps the schedule in Redis behind a lock, so a second Beat is a
+        # hot standby instead of a second sender.
+        "beat_scheduler": "redbeat.RedBeatScheduler",
+        "redbeat_redis_url": settings.broker_dsn(),
+        "redbeat_key_prefix": f"{settings.key_prefix}:beat:",
+        "redbeat_lock_timeout": REDBEAT_LOCK_TIMEOUT_S,
+        "beat_max_loop_interval": BEAT_MAX_LOOP_INTERVAL_S,
+        "timezone": "UTC",
+        "enable_utc": True,
+    }

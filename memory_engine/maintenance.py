@@ -1,0 +1,252 @@
+"""Periodic maintenance: cleanup of expired memories, reconciliation, and stale flush markers.
+
+Every sweep finds its work through the global indexes (sorted sets), in batches:
+O(log n + found) per batch, never ``KEYS`` or a full ``SCAN``. All of it is idempotent: running a
+sweep twice, or two sweeps at once, changes nothing the first did not.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from memory_engine.errors import ConfigError, MemoryEngineError
+from memory_engine.store import translate_errors
+
+if TYPE_CHECKING:
+    from memory_engine.client import MemoryClient
+
+__all__ = [
+    "CleanupReport",
+    "ReconcileReport",
+    "SweepReport",
+    "cleanup",
+    "reconcile",
+    "sweep_markers",
+]
+
+log = logging.getLogger(__name__)
+
+CLEANUP_BATCH = 1000
+RECONCILE_BATCH = 200
+SWEEP_BATCH = 500
+
+
+@dataclass
+class CleanupReport:
+    expired_removed: int = 0
+    keys_unlinked: int = 0
+    reindexed: int = 0
+    dry_run: bool = False
+    removed_ids: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "expired_removed": self.expired_removed,
+            "keys_unlinked": self.keys_unlinked,
+            "reindexed": self.reindexed,
+            "dry_run": self.dry_run,
+        }
+
+
+def cleanup(
+    client: MemoryClient,
+    *,
+    now: float | None = None,
+    batch: int = CLEANUP_BATCH,
+    max_batches: int = 100,
+    dry_run: bool = False,
+) -> CleanupReport:
+    """Remove the leftovers of memories whose TTL passed: every key of the memory (a summary or a
+    use set may outlive the list), and their index entries. A memory whose TTL was extended since
+    it was indexed (replace keeps the TTL) is re-indexed, not removed."""
+    now = time.time() if now is None else now
+    ks = client.keyspace
+    r = client.redis
+    report = CleanupReport(dry_run=dry_run)
+    start = "-inf"
+    for _ in range(max_batches):
+        with translate_errors("cleanup"):
+            ids = [
+                m.decode() if isinstance(m, bytes) else str(m)
+                for m in r.zrangebyscore(ks.expiry_index, start, now, start=0, num=batch)
+            ]
+        if not ids:
+            break
+        with translate_errors("cleanup"):
+            pipe = r.pipeline(transaction=False)
+            for mid in ids:
+                pipe.pttl(ks.memory(mid).meta)
+            ttls = pipe.execute()
+        gone = [mid for mid, ttl in zip(ids, ttls, strict=True) if ttl == -2]
+        alive = [(mid, int(ttl)) for mid, ttl in zip(ids, ttls, strict=True) if ttl != -2]
+        report.expired_removed += len(gone)
+        report.removed_ids.extend(gone)
+        if dry_run:
+            if len(ids) < batch:
+                break
+            # Without writes the same ids come back; move the window past them.
+            start = f"({r.zscore(ks.expiry_index, ids[-1])}"
+            continue
+        with translate_errors("cleanup"):
+            pipe = r.pipeline(transaction=False)
+            for mid in gone:
+                k = ks.memory(mid)
+                pipe.unlink(k.msgs, k.meta, k.summary, k.used, k.flush, k.lock)
+            if gone:
+                pipe.zrem(ks.expiry_index, *gone)
+                pipe.zrem(ks.access_index, *gone)
+                pipe.zrem(ks.pending_index, *gone)
+            for mid, ttl in alive:
+                if ttl == -1:
+                    pipe.zrem(ks.expiry_index, mid)
+                else:
+                    pipe.zadd(ks.expiry_index, {mid: now + ttl / 1000})
+            replies = pipe.execute()
+        report.keys_unlinked += sum(int(x) for x in replies[: len(gone)])
+        report.reindexed += len(alive)
+        if len(ids) < batch:
+            break
+    if report.expired_removed:
+        log.info(
+            "cleanup removed %d expired memories (%d keys)",
+            report.expired_removed,
+            report.keys_unlinked,
+        )
+    return report
+
+
+@dataclass
+class ReconcileReport:
+    checked: int = 0
+    fixed_memories: int = 0
+    fixed_fields: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "checked": self.checked,
+            "fixed_memories": self.fixed_memories,
+            "fixed_fields": self.fixed_fields,
+        }
+
+
+def reconcile(
+    client: MemoryClient,
+    *,
+    since_s: float,
+    now: float | None = None,
+    batch: int = RECONCILE_BATCH,
+    max_memories: int = 10_000,
+) -> ReconcileReport:
+    """Recompute the counters of memories written in the last ``since_s`` seconds (through the
+    access index) and fix any that drifted from their list."""
+    now = time.time() if now is None else now
+    ks = client.keyspace
+    report = ReconcileReport()
+    offset = 0
+    while report.checked < max_memories:
+        with translate_errors("reconcile"):
+            ids = client.redis.zrangebyscore(
+                ks.access_index, now - since_s, "+inf", start=offset, num=batch
+            )
+        if not ids:
+            break
+        for raw in ids:
+            mid = raw.decode() if isinstance(raw, bytes) else str(raw)
+            fixed = client.store.reconcile(ks.memory(mid), now)
+            report.checked += 1
+            if fixed:
+                report.fixed_memories += 1
+                report.fixed_fields += fixed
+                log.warning("reconcile fixed %d counters of memory %s", fixed, mid)
+        offset += len(ids)
+    return report
+
+
+@dataclass
+class SweepReport:
+    checked: int = 0
+    released: int = 0
+    reflushed: int = 0
+    evictions: list[tuple[str, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "checked": self.checked,
+            "released": self.released,
+            "reflushed": self.reflushed,
+            "evictions": len(self.evictions),
+        }
+
+
+def sweep_markers(
+    client: MemoryClient,
+    *,
+    stale_after_s: float,
+    now: float | None = None,
+    batch: int = SWEEP_BATCH,
+) -> SweepReport:
+    """Look at flushes requested more than ``stale_after_s`` ago (the pending index).
+
+    - marker gone (the flush finished, or its worker died and the marker expired): drop the index
+      entry, and if the memory is still at its threshold request a new flush (a lost task heals);
+    - marker still set and the memory above a hard limit: the flush cannot keep up (summarizer
+      down, no worker on its queue), so the memory is listed for ``memory.evict``.
+    """
+    from memory_engine.flush import over_hard_limit
+
+    now = time.time() if now is None else now
+    ks = client.keyspace
+    r = client.redis
+    report = SweepReport()
+    with translate_errors("sweep markers"):
+        ids = [
+            m.decode() if isinstance(m, bytes) else str(m)
+            for m in r.zrangebyscore(
+                ks.pending_index, "-inf", now - stale_after_s, start=0, num=batch
+            )
+        ]
+        if not ids:
+            return report
+        pipe = r.pipeline(transaction=False)
+        for mid in ids:
+            k = ks.memory(mid)
+            pipe.exists(k.flush)
+            pipe.hget(k.meta, "resource_id")
+        replies = pipe.execute()
+    for i, mid in enumerate(ids):
+        report.checked += 1
+        marker, resource_raw = replies[2 * i], replies[2 * i + 1]
+        resource_id = resource_raw.decode() if isinstance(resource_raw, bytes) else resource_raw
+        if not resource_id:  # the memory is gone
+            client.store.clear_flush_marker(ks.memory(mid))
+            report.released += 1
+            continue
+        try:
+            memory = client.memory_by_id(mid, resource_id)
+        except ConfigError:
+            log.warning("pending flush of %s names unknown resource %s", mid, resource_id)
+            continue
+        try:
+            if not marker:
+                with translate_errors("sweep markers"):
+                    r.zrem(ks.pending_index, mid)
+                report.released += 1
+                if _at_threshold(memory) and memory.request_flush():
+                    report.reflushed += 1
+            elif over_hard_limit(memory):
+                report.evictions.append((mid, resource_id))
+        except MemoryEngineError as exc:
+            log.warning("sweep of %s failed: %s", mid, exc)
+    return report
+
+
+def _at_threshold(memory: Any) -> bool:
+    token_thr, msg_thr = memory.resource.trigger_thresholds()
+    stats = memory.stats()
+    return bool(
+        (token_thr and stats.token_count + stats.summary_tokens >= token_thr)
+        or (msg_thr and stats.message_count >= msg_thr)
+    )

@@ -1,0 +1,597 @@
+"""Memory resources: the typed, validated form of a ``resource: memory`` YAML document.
+
+Field names follow the Compozy memory schema so its users can bring their files. Models are frozen
+and reject unknown keys; every accepted field is read by the engine, and a field it cannot honour
+is refused with a reason rather than silently ignored. Errors carry the dotted field path
+(``flushing.summary_tokens``); :func:`parse_resource` turns them into one ConfigError.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import re
+from collections.abc import Callable, Sequence
+from enum import StrEnum
+from typing import Annotated, Any, Final, Literal
+from urllib.parse import urlsplit
+
+import regex
+from jinja2 import TemplateError
+from jinja2.sandbox import SandboxedEnvironment
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic.functional_validators import AfterValidator, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from memory_engine.errors import ConfigError
+from memory_engine.messages import Role
+from memory_engine.models import context_window
+
+__all__ = [
+    "DEFAULT_APPEND_LOCK_TTL_S", "DEFAULT_CLEAR_LOCK_TTL_S", "DEFAULT_FLUSH_LOCK_TTL_S",
+    "DEFAULT_PERSISTENCE_TTL_S", "DEFAULT_PRIORITY_KEYWORDS", "DEFAULT_REDACTION_STRING",
+    "MAX_BOUNDED_REPEAT", "Duration", "EvictionConfig", "EvictionPolicyType", "FlushingConfig",
+    "FlushingType", "LockingConfig", "MemoryResource", "PersistenceConfig", "PrivacyPolicy",
+    "ResourceType", "TokenAllocation", "TokenProviderConfig", "check_redact_pattern",
+    "parse_duration", "parse_resource",
+]  # fmt: skip
+
+DEFAULT_PERSISTENCE_TTL_S: Final[float] = 24 * 3600.0
+DEFAULT_APPEND_LOCK_TTL_S: Final[float] = 30.0
+DEFAULT_CLEAR_LOCK_TTL_S: Final[float] = 10.0
+DEFAULT_FLUSH_LOCK_TTL_S: Final[float] = 5 * 60.0
+DEFAULT_REDACTION_STRING: Final[str] = "[REDACTED]"
+DEFAULT_PRIORITY_KEYWORDS: Final[tuple[str, ...]] = (
+    "error", "critical", "important", "warning", "failed", "exception",
+    "issue", "problem", "urgent", "key", "essential", "required",
+)  # fmt: skip
+MAX_BOUNDED_REPEAT: Final[int] = 1000
+"""Largest ``{n,m}`` bound a redaction pattern may use."""
+# Redis lock TTLs are set in milliseconds (PX); anything shorter would round to "no lock".
+_MIN_LOCK_TTL_S: Final[float] = 0.001
+_TOKEN_ALLOCATION_TOLERANCE: Final[float] = 0.001
+
+
+class ResourceType(StrEnum):
+    """How a memory is bounded: by tokens, by message count, or by either (a plain buffer)."""
+
+    TOKEN_BASED = "token_based"
+    MESSAGE_COUNT_BASED = "message_count_based"
+    BUFFER = "buffer"
+
+
+class FlushingType(StrEnum):
+    """The flush strategy that brings a memory back under its limits."""
+
+    SIMPLE_FIFO = "simple_fifo"
+    LRU = "lru"
+    TOKEN_AWARE_LRU = "token_aware_lru"
+    HYBRID_SUMMARY = "hybrid_summary"
+
+
+class EvictionPolicyType(StrEnum):
+    """Which messages go first when a flush must drop some."""
+
+    FIFO = "fifo"
+    LRU = "lru"
+    PRIORITY = "priority"
+
+
+def _error(kind: str, reason: str) -> PydanticCustomError:
+    # The reason travels in the context, never in the template: it may quote user text with braces.
+    return PydanticCustomError(kind, "{reason}", {"reason": reason})
+
+
+class _Problems(list[InitErrorDetails]):
+    # Cross-field rule violations, raised together. pydantic nests a ValidationError raised in a
+    # validator under that model's location, so each keeps its own path (flushing.summary_tokens).
+
+    def add(self, path: str, reason: str, value: object = None) -> None:
+        loc = tuple(path.split(".")) if path else ()
+        self.append(InitErrorDetails(type=_error("rule", reason), loc=loc, input=value))
+
+    def raise_any(self, title: str) -> None:
+        if self:
+            raise ValidationError.from_exception_data(title, self)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- durations --------------------------------------------------------------------------------
+
+_UNITS_S: Final[dict[str, float]] = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+# "ms" comes before "m" in the alternation so "500ms" is not read as 500 minutes and an "s".
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*")
+_PLAIN_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def parse_duration(value: object) -> float:
+    """Return ``value`` in seconds: a number (not ``bool``), ``"0"``, ``"90"``, or a duration
+    such as ``"500ms"``, ``"30s"``, ``"5m"``, ``"24h"``, ``"1d"``, ``"1h30m"``.
+
+    Raises :class:`ValueError` naming the value when it is negative, not finite or not a duration.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        # bool is an int, but "ttl: yes" is a typo, not one second.
+        raise ValueError(f"expected seconds or a duration such as '30s', got {value!r}")
+    if isinstance(value, str):
+        text, seconds, pos = value.strip(), 0.0, 0
+        if _PLAIN_NUMBER.fullmatch(text):
+            text += "s"
+        while pos < len(text) and (part := _DURATION_PART.match(text, pos)):
+            seconds, pos = seconds + float(part[1]) * _UNITS_S[part[2]], part.end()
+        if not text or pos < len(text):
+            raise ValueError(f"{value!r} is not a duration such as '500ms', '30s', '5m', '1h30m'")
+    else:
+        try:
+            seconds = float(value)
+        except OverflowError:
+            seconds = math.inf
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"duration {value!r} must be a finite number of seconds >= 0")
+    return seconds
+
+
+def _pydantic_check(kind: str, check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    # pydantic would prefix a ValueError's message with "Value error, "; a custom error does not.
+    def validate(value: Any) -> Any:
+        try:
+            return check(value)
+        except ValueError as exc:
+            raise _error(kind, str(exc)) from None
+
+    return validate
+
+
+Duration = Annotated[float, BeforeValidator(_pydantic_check("duration", parse_duration))]
+"""Seconds as ``float``; accepts numbers or strings like ``"30s"``, ``"1h30m"``, ``"500ms"``."""
+
+_Ratio = Annotated[float, Field(strict=True, gt=0, le=1)]
+_Share = Annotated[float, Field(strict=True, ge=0, le=1)]
+_PositiveInt = Annotated[int, Field(strict=True, gt=0)]
+_Text = Annotated[str, Field(min_length=1)]
+
+
+# --- redaction pattern screening -------------------------------------------------------------
+# re._parser has no public name and typeshed only types its deprecated alias sre_parse (whose import
+# warns), so it is loaded untyped. It gives the structure we screen; matching is done by `regex`.
+_sre: Any = importlib.import_module("re._parser")
+_REPEATS: Final = (_sre.MAX_REPEAT, _sre.MIN_REPEAT, _sre.POSSESSIVE_REPEAT)
+_BACKTRACKING_REPEATS: Final = (_sre.MAX_REPEAT, _sre.MIN_REPEAT)
+# Possessive repeats and atomic groups never give characters back, so nothing inside them is
+# retried: they are how a refused shape is written safely (a++ or (?>a+) instead of a+).
+_NO_BACKTRACK: Final = (_sre.POSSESSIVE_REPEAT, _sre.ATOMIC_GROUP)
+_NESTED = (
+    "nested quantifiers (like (a+)+) can backtrack catastrophically; make the inner repeat "
+    "possessive (a++) or atomic (?>...), or remove the nesting"
+)
+_OVERLAP = (
+    "an alternation with an empty branch inside a repeat (sre reads (a|aa)+ as a(?:|a)+) can "
+    "match the same text many ways and backtrack catastrophically"
+)
+_Nodes = Sequence[tuple[Any, Any]]
+
+
+def _children(av: Any) -> list[_Nodes]:
+    # Sub-patterns sit in a node's argument itself, in its tuple, or in a list there (BRANCH).
+    parts = av if isinstance(av, tuple) else (av,)
+    flat = [item for part in parts for item in (part if isinstance(part, list) else (part,))]
+    return [item for item in flat if isinstance(item, _sre.SubPattern)]
+
+
+def _can_be_empty(nodes: _Nodes) -> bool:
+    for op, av in nodes:
+        if op in _REPEATS:
+            empty = av[0] == 0 or _can_be_empty(av[2])
+        elif op == _sre.BRANCH:
+            empty = any(_can_be_empty(alt) for alt in av[1])
+        elif op in (_sre.SUBPATTERN, _sre.ATOMIC_GROUP):
+            empty = all(_can_be_empty(child) for child in _children(av))
+        else:  # assertions and anchors match no character; everything else matches one or more
+            empty = op in (_sre.AT, _sre.ASSERT, _sre.ASSERT_NOT)
+        if not empty:
+            return False
+    return True
+
+
+def _finds(nodes: _Nodes, wanted: Callable[[Any, Any], bool]) -> bool:
+    """Whether a node satisfying ``wanted`` sits in ``nodes`` outside possessive/atomic parts."""
+    return any(
+        wanted(op, av)
+        or (op not in _NO_BACKTRACK and any(_finds(c, wanted) for c in _children(av)))
+        for op, av in nodes
+    )
+
+
+def _unbounded(op: Any, av: Any) -> bool:
+    return op in _BACKTRACKING_REPEATS and av[1] == _sre.MAXREPEAT
+
+
+def _empty_branch(op: Any, av: Any) -> bool:
+    return op == _sre.BRANCH and any(map(_can_be_empty, av[1]))
+
+
+def _screen(nodes: _Nodes) -> str | None:
+    """The first catastrophic-backtracking shape in ``nodes``, or ``None``."""
+    for op, av in nodes:
+        if op in _REPEATS:
+            low, high, body = av
+            if max(low, 0 if high == _sre.MAXREPEAT else high) > MAX_BOUNDED_REPEAT:
+                return f"a repeat bound above {MAX_BOUNDED_REPEAT} makes matching too costly"
+            # Only a repeat that may run more than once, and may be backtracked into, multiplies.
+            if op != _sre.POSSESSIVE_REPEAT and (high == _sre.MAXREPEAT or high > 1):
+                if _finds(body, _unbounded):
+                    return _NESTED
+                if _finds(body, _empty_branch):
+                    return _OVERLAP
+        found = next(filter(None, map(_screen, _children(av))), None)
+        if found:
+            return found
+    return None
+
+
+def check_redact_pattern(pattern: str) -> str:
+    """Return ``pattern`` if it is a safe redaction regex, else raise :class:`ValueError`: it
+    must compile with ``regex``, parse with Python's ``re`` parser (or it cannot be screened), pass
+    the catastrophic-backtracking screen and not match the empty string."""
+    try:
+        regex.compile(pattern)
+    except (regex.error, OverflowError, RecursionError, ValueError) as exc:
+        raise ValueError(f"pattern {pattern!r} does not compile: {exc}") from None
+    try:
+        tree = _sre.parse(pattern)
+    except (re.error, OverflowError, RecursionError, ValueError) as exc:
+        raise ValueError(
+            f"pattern {pattern!r} uses syntax Python's re parser cannot read ({exc}), so it "
+            "cannot be screened for catastrophic backtracking"
+        ) from None
+    try:
+        reason = _screen(tree)
+        if reason is None and _can_be_empty(tree):
+            reason = "it can match the empty string, so redaction would insert text everywhere"
+    except RecursionError:
+        reason = "it is nested too deeply to screen"
+    if reason:
+        raise ValueError(f"pattern {pattern!r} is refused: {reason}")
+    return pattern
+
+
+_RedactPattern = Annotated[str, AfterValidator(_pydantic_check("pattern", check_redact_pattern))]
+
+
+# --- sections ---------------------------------------------------------------------------------
+
+
+class FlushingConfig(_Frozen):
+    """When a flush triggers, how far down it goes, and how (``hybrid_summary`` summarises)."""
+
+    type: FlushingType = FlushingType.SIMPLE_FIFO
+    summarize_threshold: _Ratio = 0.8
+    summary_tokens: _PositiveInt | None = None
+    summarize_oldest_percent: _Ratio = 0.5
+    target_percent: Annotated[float, Field(strict=True, gt=0, lt=1)] = 0.5
+
+    @model_validator(mode="after")
+    def _rules(self) -> FlushingConfig:
+        problems = _Problems()
+        if self.target_percent >= self.summarize_threshold:
+            reason = f"must be below summarize_threshold ({self.summarize_threshold})"
+            problems.add("target_percent", reason, self.target_percent)
+        if self.type is not FlushingType.HYBRID_SUMMARY:
+            for name in ("summary_tokens", "summarize_oldest_percent"):
+                if name in self.model_fields_set:
+                    reason = f"only used by flushing type hybrid_summary, not {self.type}"
+                    problems.add(name, reason, getattr(self, name))
+        problems.raise_any(type(self).__name__)
+        return self
+
+
+class EvictionConfig(_Frozen):
+    """Which messages a flush removes first; ``priority`` keeps messages with a keyword longest."""
+
+    policy: EvictionPolicyType = EvictionPolicyType.FIFO
+    priority_keywords: tuple[str, ...] = DEFAULT_PRIORITY_KEYWORDS
+
+    @field_validator("priority_keywords")
+    @classmethod
+    def _normalise_keywords(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # Matching is case-insensitive: lower-case once here, not on every message.
+        words = tuple(dict.fromkeys(word.strip().lower() for word in value))
+        if "" in words:
+            raise _error("keyword", "keywords must not be empty")
+        return words
+
+    @model_validator(mode="after")
+    def _rules(self) -> EvictionConfig:
+        problems = _Problems()
+        if self.policy is EvictionPolicyType.PRIORITY and not self.priority_keywords:
+            problems.add("priority_keywords", "priority eviction needs at least one keyword", ())
+        elif "priority_keywords" in self.model_fields_set:
+            reason = f"only used by eviction policy priority, not {self.policy}"
+            problems.add("priority_keywords", reason, self.priority_keywords)
+        problems.raise_any(type(self).__name__)
+        return self
+
+
+class TokenAllocation(_Frozen):
+    """How the token budget is shared out; all shares, ``user_defined`` included, sum to 1."""
+
+    short_term: _Share
+    long_term: _Share
+    system: _Share
+    user_defined: dict[str, _Share] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> TokenAllocation:
+        problems = _Problems()
+        total = self.short_term + self.long_term + self.system + sum(self.user_defined.values())
+        if abs(total - 1.0) > _TOKEN_ALLOCATION_TOLERANCE:
+            problems.add("", f"shares must sum to 1 (+/- 0.001), got {total:.4f}", total)
+        problems.raise_any(type(self).__name__)
+        return self
+
+
+class PersistenceConfig(_Frozen):
+    """Where and how long a memory is kept. ``ttl`` 0 means no expiry."""
+
+    type: Literal["redis"] = "redis"
+    ttl: Duration = DEFAULT_PERSISTENCE_TTL_S
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _redis_only(cls, value: object) -> object:
+        if value == "in_memory":
+            reason = "'in_memory' is not supported: this engine stores memories in Redis only"
+            raise _error("persistence_type", reason)
+        return value
+
+    @property
+    def ttl_s(self) -> int:
+        """Key TTL in whole seconds for ``EXPIRE``; 0 = no expiry. Sub-second TTLs round up."""
+        return math.ceil(self.ttl)
+
+
+class PrivacyPolicy(_Frozen):
+    """Redaction applied before a message is stored, and message roles that are never stored."""
+
+    redact_patterns: tuple[_RedactPattern, ...] = ()
+    non_persistable_message_types: tuple[str, ...] = ()
+    default_redaction_string: str = DEFAULT_REDACTION_STRING
+
+    @field_validator("non_persistable_message_types")
+    @classmethod
+    def _known_roles(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # Compared with the message role case-insensitively; an unknown role would never match.
+        roles = tuple(dict.fromkeys(item.strip().lower() for item in value))
+        known = [role.value for role in Role]
+        unknown = [role for role in roles if role not in known]
+        if unknown:
+            listed = ", ".join(map(repr, unknown))
+            reason = f"unknown message type(s) {listed}; known: {', '.join(known)}"
+            raise _error("message_type", reason)
+        return roles
+
+
+class LockingConfig(_Frozen):
+    """TTLs of the per-memory locks taken by append, clear and flush (a flush may call an LLM)."""
+
+    append_ttl: Duration = DEFAULT_APPEND_LOCK_TTL_S
+    clear_ttl: Duration = DEFAULT_CLEAR_LOCK_TTL_S
+    flush_ttl: Duration = DEFAULT_FLUSH_LOCK_TTL_S
+
+    @field_validator("append_ttl", "clear_ttl", "flush_ttl")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value < _MIN_LOCK_TTL_S:
+            raise _error("lock_ttl", f"a lock TTL must be at least 1ms, got {value}s")
+        return value
+
+    @property
+    def append_ttl_s(self) -> float:
+        """Append lock TTL in seconds."""
+        return self.append_ttl
+
+    @property
+    def clear_ttl_s(self) -> float:
+        """Clear lock TTL in seconds."""
+        return self.clear_ttl
+
+    @property
+    def flush_ttl_s(self) -> float:
+        """Flush lock TTL in seconds."""
+        return self.flush_ttl
+
+
+class TokenProviderConfig(_Frozen):
+    """Which tokenizer counts tokens. Secrets never live in the file, only an env var's name."""
+
+    provider: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,49}$")]
+    model: _Text | None = None
+    api_key_env: Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]*$")] | None = None
+    endpoint: str | None = None
+    # Declared only so a literal key is refused with a reason at its own path rather than a bare
+    # "extra inputs are not permitted"; it can never hold a value.
+    api_key: SkipJsonSchema[None] = Field(default=None, exclude=True, repr=False)
+
+    @field_validator("provider", mode="before")
+    @classmethod
+    def _lower_provider(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _no_literal_key(cls, value: object) -> None:
+        raise _error("api_key", "put the key in an environment variable and name it in api_key_env")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise _error("endpoint", f"must be an http(s) URL, got {value!r}")
+        return value
+
+
+# --- the resource -----------------------------------------------------------------------------
+
+_TEMPLATE_ENV: Final = SandboxedEnvironment()
+
+
+class MemoryResource(_Frozen):
+    """A validated memory resource. :func:`parse_resource` builds one with a ConfigError."""
+
+    resource: Literal["memory"]
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,100}$")]
+    description: str = ""
+    version: str | None = None
+    type: ResourceType
+    max_tokens: _PositiveInt | None = None
+    max_messages: _PositiveInt | None = None
+    max_context_ratio: _Ratio | None = None
+    model: _Text | None = None
+    token_allocation: TokenAllocation | None = None
+    flushing: FlushingConfig = FlushingConfig()
+    eviction: EvictionConfig = EvictionConfig()
+    persistence: PersistenceConfig = PersistenceConfig()
+    privacy_policy: PrivacyPolicy | None = None
+    locking: LockingConfig = LockingConfig()
+    token_provider: TokenProviderConfig | None = None
+    default_key_template: _Text | None = None
+
+    @field_validator("default_key_template")
+    @classmethod
+    def _template_parses(cls, value: str | None) -> str | None:
+        # Syntax only: rendering (and its sandbox) belongs to the key builder, at use time.
+        if value is not None:
+            try:
+                _TEMPLATE_ENV.parse(value)
+            except TemplateError as exc:
+                raise _error("key_template", f"not a valid template: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _rules(self) -> MemoryResource:
+        problems = _Problems()
+        ratio, window = self.max_context_ratio, self.context_window_tokens
+        if ratio is not None and self.max_tokens is not None:
+            problems.add("max_context_ratio", "set it or max_tokens, not both", ratio)
+        elif ratio is not None and window is None:
+            model = self.model or (self.token_provider.model if self.token_provider else None)
+            reason = (
+                f"model {model!r} has no known context window; set max_tokens instead"
+                if model
+                else "needs a model (model or token_provider.model) to know the context window"
+            )
+            problems.add("max_context_ratio", reason, ratio)
+        no_token_limit = self.max_tokens is None and ratio is None
+        if self.type is ResourceType.TOKEN_BASED and no_token_limit:
+            reason = "token_based memory needs max_tokens, or max_context_ratio with a known model"
+            problems.add("max_tokens", reason)
+        if self.type is ResourceType.MESSAGE_COUNT_BASED and self.max_messages is None:
+            problems.add("max_messages", "message_count_based memory needs max_messages")
+        if self.type is ResourceType.BUFFER and no_token_limit and self.max_messages is None:
+            problems.add("max_tokens", "buffer memory needs max_tokens or max_messages")
+        if self.flushing.type is FlushingType.HYBRID_SUMMARY:
+            limit, summary = self.effective_max_tokens, self.flushing.summary_tokens
+            if summary is None:
+                problems.add("flushing.summary_tokens", "hybrid_summary needs summary_tokens")
+            elif limit is not None and summary >= limit:
+                reason = f"must be below the memory's token limit ({limit})"
+                problems.add("flushing.summary_tokens", reason, summary)
+        if self.token_allocation is not None and no_token_limit:
+            reason = "shares a token budget, so it needs max_tokens or max_context_ratio"
+            problems.add("token_allocation", reason)
+        problems.raise_any(type(self).__name__)
+        return self
+
+    @property
+    def context_window_tokens(self) -> int | None:
+        """Context window of ``model`` (else ``token_provider.model``) if catalogued."""
+        model = self.model or (self.token_provider.model if self.token_provider else None)
+        return context_window(model) if model else None
+
+    @property
+    def effective_max_tokens(self) -> int | None:
+        """``max_tokens``, else ``floor(context window * max_context_ratio)``, else ``None``."""
+        if self.max_tokens is not None:
+            return self.max_tokens
+        window = self.context_window_tokens
+        if self.max_context_ratio is not None and window is not None:
+            return max(1, math.floor(window * self.max_context_ratio))
+        return None
+
+    @property
+    def ttl_s(self) -> int:
+        """Key TTL in whole seconds; 0 = no expiry."""
+        return self.persistence.ttl_s
+
+    @property
+    def tokenizer_model(self) -> str | None:
+        """The model whose tokenizer counts tokens: ``token_provider.model``, else ``model``."""
+        if self.token_provider is not None and self.token_provider.model:
+            return self.token_provider.model
+        return self.model
+
+    def trigger_thresholds(self) -> tuple[int, int]:
+        """``(tokens, messages)`` at which a flush triggers; 0 means that limit is not tracked.
+
+        Each is ``floor(limit * flushing.summarize_threshold)``, at least 1 when the limit is set.
+        """
+        ratio = self.flushing.summarize_threshold
+        limits = (self.effective_max_tokens, self.max_messages)
+        tokens, messages = (0 if n is None else max(1, math.floor(n * ratio)) for n in limits)
+        return tokens, messages
+
+    def flush_targets(self) -> tuple[int | None, int | None]:
+        """``(tokens, messages)`` a flush brings the memory down to; ``None`` when not limited.
+
+        Each is ``floor(limit * flushing.target_percent)``.
+        """
+        ratio = self.flushing.target_percent
+        limits = (self.effective_max_tokens, self.max_messages)
+        tokens, messages = (None if n is None else math.floor(n * ratio) for n in limits)
+        return tokens, messages
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+# Keys from Compozy's docs and examples that its code never read: point their users home.
+_UNKNOWN_FIELD_HINTS: Final[dict[str, str]] = {
+    "key": "use default_key_template", "flushing_strategy": "the section is named 'flushing'",
+    "eviction_policy": "the section is named 'eviction'", "ttl": "it goes under 'persistence'",
+    "flushing.threshold": "the field is named 'summarize_threshold'",
+    **dict.fromkeys(("append_ttl", "clear_ttl", "flush_ttl"), "lock TTLs go under 'locking'"),
+}  # fmt: skip
+
+
+def _describe(error: Any) -> tuple[str, str]:
+    path = ".".join(str(part) for part in error["loc"])
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        hint = _UNKNOWN_FIELD_HINTS.get(path)
+        message = "unknown field" + (f"; {hint}" if hint else " (not in the memory schema)")
+    return path, message
+
+
+def parse_resource(data: object, source: str | None = None) -> MemoryResource:
+    """Validate ``data`` (one parsed YAML document) as a :class:`MemoryResource`.
+
+    Raises :class:`ConfigError` whose message lists every problem as ``<field.path>: <reason>``,
+    whose ``.field`` is the first problem's path and whose ``.source`` is ``source``.
+    """
+    try:
+        return MemoryResource.model_validate(data)
+    except ValidationError as exc:
+        problems = [_describe(error) for error in exc.errors(include_url=False)]
+        lines = "\n".join(f"  {path or '(document)'}: {message}" for path, message in problems)
+        ident = data.get("id") if isinstance(data, dict) else None
+        what = f"memory resource {ident!r}" if isinstance(ident, str) else "memory resource"
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        # No field= here: ConfigError would prefix it to the message, whose lines name their own.
+        error = ConfigError(f"invalid {what} ({count}):\n{lines}", source=source)
+        error.field = (problems[0][0] or None) if problems else None
+        raise error from exc

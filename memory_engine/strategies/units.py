@@ -1,0 +1,241 @@
+"""Atomic units of a conversation: what a flush or an eviction may remove as one piece.
+
+A *unit* is a tuple of messages that must stay or go together:
+
+* an assistant message with ``tool_calls`` plus every later ``tool`` message whose
+  ``tool_call_id`` answers one of its call ids (OpenAI shape: each call dict has an ``"id"``);
+* any other message alone: user and plain assistant messages, system messages, and orphan tool
+  results (a ``tool_call_id`` no earlier assistant message declared).
+
+Providers reject a tool result without the call it answers and a call without its results, so
+removing half a unit would leave a context the next model call cannot send. Tool results usually
+follow their call immediately, but a result separated from its call by another message still joins
+the call's unit: keeping the conversation sendable matters more than contiguity.
+
+System messages are always units of one and are never removable: they carry the agent's
+instructions, and the store keeps them whatever the strategy says.
+
+Units are returned in order of their first message's ``seq``; inside a unit, messages keep seq
+order. All helpers are pure and run in O(n) for n messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from memory_engine.messages import Message, Role
+from memory_engine.strategies.base import FlushPlan
+
+if TYPE_CHECKING:
+    from memory_engine.resources import MemoryResource
+    from memory_engine.strategies.base import Snapshot
+
+__all__ = [
+    "DropResult",
+    "Unit",
+    "drop_until_target",
+    "first_seq",
+    "group_units",
+    "plan_drops",
+    "is_removable",
+    "is_tool_unit",
+    "message_tokens",
+    "seq_of",
+    "total_tokens",
+    "unreachable_reason",
+    "unit_last_used",
+    "unit_seqs",
+    "unit_tokens",
+]
+
+Unit = tuple[Message, ...]
+
+
+def seq_of(message: Message) -> int:
+    """The message's ``seq``; raises :class:`ValueError` for a message the store never numbered."""
+    if message.seq is None:
+        raise ValueError(f"message without seq cannot be planned over: {message.role.value}")
+    return message.seq
+
+
+def message_tokens(message: Message) -> int:
+    """The stored token count (0 when unknown, so a missing count never makes a plan fail)."""
+    return message.token_count or 0
+
+
+def total_tokens(messages: Iterable[Message]) -> int:
+    """Sum of ``token_count`` over ``messages``."""
+    return sum(message_tokens(m) for m in messages)
+
+
+def unit_tokens(unit: Unit) -> int:
+    """Sum of ``token_count`` over the unit's messages."""
+    return total_tokens(unit)
+
+
+def unit_seqs(unit: Unit) -> frozenset[int]:
+    """The seqs of the unit's messages."""
+    return frozenset(seq_of(m) for m in unit)
+
+
+def first_seq(unit: Unit) -> int:
+    """The seq of the unit's first (oldest) message: its position for FIFO ordering."""
+    return seq_of(unit[0])
+
+
+def is_removable(unit: Unit) -> bool:
+    """False for a system message; every other unit may be dropped, summarized or evicted."""
+    return not unit[0].is_system
+
+
+def is_tool_unit(unit: Unit) -> bool:
+    """True when the unit holds a tool call or a tool result (including orphan results)."""
+    return any(m.role is Role.TOOL or m.tool_calls for m in unit)
+
+
+def unit_last_used(unit: Unit, last_used: Mapping[int, float]) -> float:
+    """When the unit was last used: the latest use of any of its messages.
+
+    A message never used counts as used when it was created, so the access clock starts at creation
+    and a never-used old message is staler than a recently created one.
+    """
+    return max(last_used.get(seq_of(m), m.created_at or 0.0) for m in unit)
+
+
+def _call_ids(message: Message) -> list[str]:
+    ids: list[str] = []
+    for call in message.tool_calls or ():
+        call_id = call.get("id")
+        if isinstance(call_id, str) and call_id:
+            ids.append(call_id)
+    return ids
+
+
+def group_units(messages: Sequence[Message]) -> list[Unit]:
+    """Group ``messages`` (in seq order) into atomic units, ordered by their first seq.
+
+    Every input message appears in exactly one unit. If two assistant messages declare the same
+    call id, a later result answers the most recent declaration (ids should be unique; this keeps
+    the grouping deterministic when they are not).
+    """
+    groups: list[list[Message]] = []
+    # call id -> index in ``groups`` of the assistant message that declared it.
+    open_calls: dict[str, int] = {}
+    for message in messages:
+        if message.role is Role.TOOL and message.tool_call_id in open_calls:
+            groups[open_calls[message.tool_call_id]].append(message)
+            continue
+        groups.append([message])
+        if message.role is Role.ASSISTANT:
+            for call_id in _call_ids(message):
+                open_calls[call_id] = len(groups) - 1
+    return [tuple(group) for group in groups]
+
+
+@dataclass(frozen=True)
+class DropResult:
+    """What :func:`drop_until_target` removed and what is left."""
+
+    dropped: frozenset[int]
+    tokens_after: int
+    messages_after: int
+    reached: bool
+
+
+def _within(
+    tokens: int, count: int, target_tokens: int | None, target_messages: int | None
+) -> bool:
+    return (target_tokens is None or tokens <= target_tokens) and (
+        target_messages is None or count <= target_messages
+    )
+
+
+def drop_until_target(
+    units_in_order: Iterable[Unit],
+    *,
+    tokens: int,
+    messages: int,
+    target_tokens: int | None,
+    target_messages: int | None,
+) -> DropResult:
+    """Remove whole units in the given order until ``tokens``/``messages`` are within both targets.
+
+    ``tokens`` and ``messages`` are the totals before removal (system messages included); a target
+    of ``None`` is no constraint. Non-removable units in the order are skipped, so callers may pass
+    every unit. ``reached`` is False when the order ran out first (only system messages left).
+    """
+    dropped: set[int] = set()
+    for unit in units_in_order:
+        if _within(tokens, messages, target_tokens, target_messages):
+            break
+        if not is_removable(unit):
+            continue
+        dropped.update(unit_seqs(unit))
+        tokens -= unit_tokens(unit)
+        messages -= len(unit)
+    return DropResult(
+        dropped=frozenset(dropped),
+        tokens_after=tokens,
+        messages_after=messages,
+        reached=_within(tokens, messages, target_tokens, target_messages),
+    )
+
+
+def plan_drops(
+    name: str,
+    snapshot: Snapshot,
+    resource: MemoryResource,
+    units_in_order: Sequence[Unit],
+    order_description: str,
+) -> FlushPlan:
+    """The plan of a dropping strategy: remove units in ``units_in_order`` until at the target.
+
+    Shared by every strategy that only drops (FIFO, LRU, token-aware LRU); they differ only in the
+    order they pass. The running summary stays and counts toward the token target, as it does
+    toward the flush trigger: leaving it out would let a flush stop above the trigger and fire
+    again on the next append. ``order_description`` ("oldest first", ...) goes into the reason.
+    """
+    target_tokens, target_messages = resource.flush_targets()
+    summary_tokens = snapshot.summary.token_count if snapshot.summary else 0
+    tokens = total_tokens(snapshot.messages) + summary_tokens
+    count = len(snapshot.messages)
+    if target_tokens is None and target_messages is None:
+        result = DropResult(frozenset(), tokens, count, reached=True)
+        reason = "no token or message limit set: nothing to flush"
+    else:
+        result = drop_until_target(
+            units_in_order,
+            tokens=tokens,
+            messages=count,
+            target_tokens=target_tokens,
+            target_messages=target_messages,
+        )
+        if not result.dropped:
+            reason = "already within target" if result.reached else unreachable_reason(result)
+        else:
+            units = sum(1 for u in units_in_order if unit_seqs(u) <= result.dropped)
+            reason = f"dropped {len(result.dropped)} messages in {units} units, {order_description}"
+            reason += "" if result.reached else "; " + unreachable_reason(result)
+    return FlushPlan(
+        strategy=name,
+        drop=result.dropped,
+        tokens_before=tokens,
+        tokens_after=result.tokens_after,
+        messages_before=count,
+        messages_after=result.messages_after,
+        target_tokens=target_tokens,
+        target_messages=target_messages,
+        reason=reason,
+        summary_tokens_before=summary_tokens,
+        summary_tokens_after=summary_tokens,
+    )
+
+
+def unreachable_reason(result: DropResult) -> str:
+    """The reason text of a plan that cannot reach its target (shared wording for callers)."""
+    return (
+        "target unreachable: only system messages and the summary remain "
+        f"({result.tokens_after} tokens, {result.messages_after} messages)"
+    )

@@ -1,0 +1,74 @@
+"""``memory.flush``, ``memory.summarize`` and ``memory.evict``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import shared_task
+
+from memory_engine.flush import FlushResult, evict_memory, flush_memory
+from memory_engine.strategies.base import FlushPlan
+from memory_engine.tasknames import TASK_EVICT, TASK_FLUSH, TASK_SUMMARIZE
+from tasks.runtime import EngineTask, engine_client
+
+log = logging.getLogger(__name__)
+
+
+class FlushTask(EngineTask):  # type: ignore[misc]
+    """Releases the flush marker when a flush finally fails (retries exhausted or a permanent
+    error), so the next append can request a new one. A worker killed outright cannot run this:
+    the marker's TTL bounds that case."""
+
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        memory_id = (kwargs or {}).get("memory_id")
+        if memory_id:
+            try:
+                client = engine_client()
+                client.store.clear_flush_marker(client.keyspace.memory(memory_id))
+                log.error("flush of %s failed for good (%s); marker released", memory_id, exc)
+            except Exception:
+                log.exception("could not release flush marker of %s", memory_id)
+
+
+@shared_task(name=TASK_FLUSH, base=FlushTask, bind=True)
+def flush(
+    self: Any,
+    memory_id: str,
+    resource_id: str,
+    strategy: str | None = None,
+    reason: str = "threshold",
+) -> dict[str, Any]:
+    """Flush one memory by its strategy. A plan that needs a summary is handed to
+    ``memory.summarize`` (its own queue: slow LLM calls never block flushes)."""
+    client = engine_client()
+    memory = client.memory_by_id(memory_id, resource_id)
+
+    def hand_off(plan: FlushPlan) -> None:
+        client.producer.send(
+            TASK_SUMMARIZE,
+            {"memory_id": memory_id, "resource_id": resource_id, "strategy": strategy},
+        )
+
+    result: FlushResult = flush_memory(memory, strategy=strategy, hand_off=hand_off)
+    return result.model_dump(mode="json", exclude={"would_remove"})
+
+
+@shared_task(name=TASK_SUMMARIZE, base=FlushTask, bind=True)
+def summarize(
+    self: Any, memory_id: str, resource_id: str, strategy: str | None = None
+) -> dict[str, Any]:
+    """Run a summarizing flush: plan again on a fresh snapshot, call the summarizer (outside any
+    Redis transaction), commit with the epoch and lock checks."""
+    client = engine_client()
+    memory = client.memory_by_id(memory_id, resource_id)
+    result = flush_memory(memory, strategy=strategy)
+    return result.model_dump(mode="json", exclude={"would_remove"})
+
+
+@shared_task(name=TASK_EVICT, base=EngineTask, bind=True)
+def evict(self: Any, memory_id: str, resource_id: str, policy: str | None = None) -> dict[str, Any]:
+    """Enforce the hard limits of one memory by its eviction policy."""
+    client = engine_client()
+    result = evict_memory(client.memory_by_id(memory_id, resource_id), policy=policy)
+    return result.model_dump(mode="json", exclude={"would_remove"})

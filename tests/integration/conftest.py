@@ -1,0 +1,133 @@
+"""Celery fixtures: an in-process worker (solo pool, real Redis broker) for the whole session.
+
+The worker consumes every engine queue from the private Redis (broker on DB 1). Tests drive it
+through a MemoryClient that shares the worker's settings and key prefix; each test uses its own
+memory keys, so nothing is flushed between tests (FLUSHDB under a running worker breaks kombu).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery
+from celery.contrib.testing.worker import start_worker
+
+from memory_engine.client import MemoryClient
+from memory_engine.settings import Settings
+from memory_engine.tasknames import QUEUES
+
+WORKER_RESOURCES = """
+resource: memory
+id: fifo-small
+type: message_count_based
+max_messages: 10
+flushing: {type: simple_fifo, summarize_threshold: 0.8}
+persistence: {ttl: 1h}
+default_key_template: "fifo:{{ workflow.input.conv }}"
+---
+resource: memory
+id: tok-small
+type: token_based
+max_tokens: 300
+flushing: {type: simple_fifo, summarize_threshold: 0.8}
+persistence: {ttl: 1h}
+default_key_template: "tok:{{ workflow.input.conv }}"
+---
+resource: memory
+id: hybrid-small
+type: token_based
+max_tokens: 600
+flushing: {type: hybrid_summary, summarize_threshold: 0.8, summary_tokens: 80}
+persistence: {ttl: 1h}
+default_key_template: "hyb:{{ workflow.input.conv }}"
+---
+resource: memory
+id: evict-small
+type: message_count_based
+max_messages: 10
+flushing: {type: hybrid_summary, summarize_threshold: 1.0, summary_tokens: 50}
+eviction: {policy: fifo}
+persistence: {ttl: 1h}
+default_key_template: "ev:{{ workflow.input.conv }}"
+---
+resource: memory
+id: short-ttl
+type: message_count_based
+max_messages: 100
+persistence: {ttl: 1s}
+default_key_template: "ttl:{{ workflow.input.conv }}"
+"""
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    """Poll ``condition`` until it returns something truthy; fail with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def worker_resources_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("resources")
+    (d / "worker_test.yaml").write_text(WORKER_RESOURCES)
+    return d
+
+
+def broker_url_for(redis_url: str, db: int) -> str:
+    return redis_url.rsplit("/", 1)[0] + f"/{db}"
+
+
+@pytest.fixture(scope="session")
+def worker_settings(redis_url: str, worker_resources_dir: Path) -> Settings:
+    return Settings(
+        redis_url=redis_url,  # type: ignore[arg-type]
+        broker_url=broker_url_for(redis_url, 1),  # type: ignore[arg-type]
+        key_prefix="wk",
+        resources_dir=worker_resources_dir,
+        socket_timeout_s=5.0,
+        flush_marker_ttl_s=60,
+    )
+
+
+@pytest.fixture(scope="session")
+def celery_app(worker_settings: Settings) -> Celery:
+    from worker.app import create_app
+
+    app = create_app(worker_settings)
+    # Keep pytest's log capture working (the worker would otherwise take over the root logger).
+    app.conf.worker_hijack_root_logger = False
+    return app
+
+
+@pytest.fixture(scope="session")
+def celery_worker(celery_app: Celery, worker_settings: Settings) -> Iterator[Any]:
+    from tasks.runtime import reset_engine_client
+
+    engine = MemoryClient(worker_settings)
+    reset_engine_client(engine)
+    with start_worker(
+        celery_app,
+        pool="solo",
+        queues=list(QUEUES),
+        perform_ping_check=False,
+        loglevel="WARNING",
+        shutdown_timeout=20,
+    ) as w:
+        yield w
+    reset_engine_client(None)
+    engine.close()
+
+
+@pytest.fixture
+def engine(worker_settings: Settings) -> Iterator[MemoryClient]:
+    with MemoryClient(worker_settings) as c:
+        yield c
