@@ -1,0 +1,212 @@
+"""Memory.context(): token allocation, budgets, order and tool pairs, against the real store."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from memory_engine.client import Memory, MemoryClient
+from memory_engine.messages import Message
+from memory_engine.settings import Settings
+
+from .helpers import client_with, ctx, resource
+
+ALLOCATED = resource(
+    "alloc",
+    max_tokens=400,
+    token_allocation={
+        "short_term": 0.5,
+        "long_term": 0.25,
+        "system": 0.15,
+        "user_defined": {"rag": 0.1},
+    },
+)
+PLAIN = resource("plain", max_tokens=300)
+# budget from the model's window: 8192 * 0.01 -> 81 tokens
+WINDOWED = {**resource("windowed", max_context_ratio=0.01, model="gpt-4"), "max_tokens": None}
+LRU = resource("lru-mem", max_tokens=100_000, flushing={"type": "lru"})
+ALLOCATED_HYBRID = {
+    **ALLOCATED,
+    "id": "alloc-hybrid",
+    "flushing": {"type": "hybrid_summary", "summary_tokens": 60},
+}
+
+
+@pytest.fixture
+def mc(settings: Settings) -> Iterator[MemoryClient]:
+    with client_with(
+        settings, ALLOCATED, ALLOCATED_HYBRID, PLAIN, WINDOWED, LRU, resource("big")
+    ) as c:
+        yield c
+
+
+def tokens(window: list[Message]) -> int:
+    return sum(m.token_count or 0 for m in window)
+
+
+def tool_turn(i: int) -> list[dict[str, Any]]:
+    call_id = f"call_{i}"
+    return [
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": "lookup", "arguments": f'{{"order": "ORD-{i}"}}'},
+                }
+            ],
+        },
+        {
+            "role": "tool",
+            "tool_call_id": call_id,
+            "content": f"order ORD-{i} shipped " + "detail " * 6,
+        },
+    ]
+
+
+def test_window_is_system_then_newest_within_budget(mc: MemoryClient) -> None:
+    m = mc.memory("plain", ctx(uuid.uuid4().hex))
+    m.append({"role": "system", "content": "You are a support agent."})
+    for i in range(60):
+        m.append(
+            {"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " + "words " * 5}
+        )
+    window = m.context()
+    assert window[0].role.value == "system"
+    assert tokens(window) <= 300
+    seqs = [w.seq for w in window]
+    assert seqs == sorted(seqs)
+    stored = m.read()
+    # the newest messages, contiguous up to the end: no gaps
+    newest = [w.seq for w in window[1:]]
+    assert newest == [s.seq for s in stored[-len(newest) :]]
+    # and the next older message would not have fit
+    older = stored[-len(newest) - 1]
+    assert tokens(window) + (older.token_count or 0) > 300
+
+
+def test_explicit_max_tokens_and_model_window(mc: MemoryClient) -> None:
+    m = mc.memory("windowed", ctx(uuid.uuid4().hex))
+    for i in range(30):
+        m.append({"role": "user", "content": f"message {i} with some words"})
+    assert tokens(m.context()) <= 81
+    assert len(m.context()) < len(m.context(max_tokens=10_000))
+    assert len(m.context(max_tokens=10_000)) == 30
+    assert m.context(max_tokens=0) == []
+
+
+def test_summary_comes_as_one_marked_system_message(mc: MemoryClient) -> None:
+    m = mc.memory("alloc-hybrid", ctx(uuid.uuid4().hex))
+    m.append({"role": "system", "content": "Be brief."})
+    for i in range(20):
+        m.append({"role": "user", "content": f"question {i} about ORD-{i}"})
+    result = m.flush()
+    assert result.summarized > 0 and result.summary_point > 0
+    window = m.context()
+    summaries = [w for w in window if w.metadata.get("summary")]
+    assert len(summaries) == 1
+    summary = summaries[0]
+    assert summary.role.value == "system"
+    assert summary.metadata["summary_point"] == result.summary_point
+    # identifiers of folded messages survive verbatim; unfolded ones are not in the summary
+    assert "ORD-9" in summary.content and "ORD-15" not in summary.content
+    assert [w.content for w in window[:2]] == ["Be brief.", summary.content]
+    assert all(w.seq > result.summary_point for w in window[2:])
+    assert tokens(window) <= 400
+
+
+def test_allocation_shares_are_enforced_and_unused_share_flows_to_short_term(
+    mc: MemoryClient,
+) -> None:
+    m = mc.memory("alloc", ctx(uuid.uuid4().hex))
+    # System messages larger than the system share (0.15 * 400 = 60 tokens).
+    for i in range(4):
+        m.append({"role": "system", "content": f"rule {i}: " + "always be polite " * 4})
+    for i in range(80):
+        m.append({"role": "user", "content": f"u{i} " + "x " * 6})
+    window = m.context()
+    system_tokens = tokens([w for w in window if w.role.value == "system"])
+    assert system_tokens <= 60
+    # rag bucket reserved: 10 % of 400 never filled from memory
+    assert tokens(window) <= 360
+    # no summary: the long-term share (100) flows to short-term, so short-term exceeds its own 200
+    short = tokens([w for w in window if w.role.value != "system"])
+    assert short > 200
+
+
+def test_a_tool_call_is_never_split_from_its_result(mc: MemoryClient) -> None:
+    m = mc.memory("plain", ctx(uuid.uuid4().hex))
+    for i in range(15):
+        m.append({"role": "user", "content": f"please check order {i}"})
+        m.append_many(tool_turn(i))
+        m.append({"role": "assistant", "content": f"order {i} is on its way"})
+    for budget in range(20, 300, 7):
+        window = m.context(max_tokens=budget)
+        assert tokens(window) <= budget
+        ids_called = {c["id"] for w in window for c in (w.tool_calls or [])}
+        ids_answered = {w.tool_call_id for w in window if w.tool_call_id}
+        assert ids_called == ids_answered
+
+
+def test_context_records_uses_for_lru_resources(
+    mc: MemoryClient, redis_client: redis.Redis
+) -> None:
+    m = mc.memory("lru-mem", ctx(uuid.uuid4().hex))
+    for i in range(5):
+        m.append({"role": "user", "content": f"m{i}"})
+    window = m.context(max_tokens=20)
+    used = {int(x) for x in redis_client.zrange(m.keys.used, 0, -1)}
+    assert used == {w.seq for w in window} and used
+    assert redis_client.ttl(m.keys.used) > 0
+    plain = mc.memory("plain", ctx(uuid.uuid4().hex))
+    plain.append({"role": "user", "content": "x"})
+    plain.context()
+    assert redis_client.exists(plain.keys.used) == 0
+
+
+def test_context_of_a_long_memory_is_bounded_by_budget(mc: MemoryClient) -> None:
+    m = mc.memory("big", ctx(uuid.uuid4().hex))
+    m.append({"role": "system", "content": "system prompt"})
+    for chunk in range(10):
+        m.append_many([{"role": "user", "content": f"msg {chunk}-{i}"} for i in range(500)])
+    window = m.context(max_tokens=200)
+    assert window[0].content == "system prompt"
+    assert tokens(window) <= 200
+    assert window[-1].content == "msg 9-499"
+
+
+_roles = st.sampled_from(["user", "assistant", "system", "tool_turn"])
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    kinds=st.lists(_roles, min_size=1, max_size=25),
+    sizes=st.lists(st.integers(1, 40), min_size=25, max_size=25),
+    budget=st.integers(0, 500),
+)
+def test_property_window_within_budget_ordered_tool_pairs_intact(
+    mc: MemoryClient, kinds: list[str], sizes: list[int], budget: int
+) -> None:
+    m: Memory = mc.memory("plain", ctx(uuid.uuid4().hex))
+    for i, kind in enumerate(kinds):
+        if kind == "tool_turn":
+            m.append_many(tool_turn(i))
+        else:
+            m.append({"role": kind, "content": "w " * sizes[i]})
+    window = m.context(max_tokens=budget)
+    assert tokens(window) <= budget
+    seqs = [w.seq for w in window]
+    assert seqs == sorted(seqs)
+    ids_called = {c["id"] for w in window for c in (w.tool_calls or [])}
+    assert ids_called == {w.tool_call_id for w in window if w.tool_call_id}
+    m.delete()
