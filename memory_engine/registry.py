@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Final
 
 import yaml
 
@@ -18,7 +19,7 @@ from memory_engine.resources import MemoryResource, parse_resource
 
 __all__ = ["RESOURCE_FILE_SUFFIXES", "ResourceRegistry", "load_resource_file"]
 
-RESOURCE_FILE_SUFFIXES: tuple[str, ...] = (".yaml", ".yml")
+RESOURCE_FILE_SUFFIXES: Final[tuple[str, ...]] = (".yaml", ".yml")
 """File name endings :meth:`ResourceRegistry.from_directory` loads."""
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import math
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
@@ -29,7 +30,7 @@ from memory_engine.messages import Role
 from memory_engine.models import context_window
 
 __all__ = [
-    "DEFAULT_APPEND_LOCK_TTL_S", "DEFAULT_CLEAR_LOCK_TTL_S", "DEFAULT_FLUSH_LOCK_TTL_S",
+    "DEFAULT_FLUSH_LOCK_TTL_S",
     "DEFAULT_PERSISTENCE_TTL_S", "DEFAULT_PRIORITY_KEYWORDS", "DEFAULT_REDACTION_STRING",
     "MAX_BOUNDED_REPEAT", "Duration", "EvictionConfig", "EvictionPolicyType", "FlushingConfig",
     "FlushingType", "LockingConfig", "MemoryResource", "PersistenceConfig", "PrivacyPolicy",
@@ -38,8 +39,6 @@ __all__ = [
 ]  # fmt: skip
 
 DEFAULT_PERSISTENCE_TTL_S: Final[float] = 24 * 3600.0
-DEFAULT_APPEND_LOCK_TTL_S: Final[float] = 30.0
-DEFAULT_CLEAR_LOCK_TTL_S: Final[float] = 10.0
 DEFAULT_FLUSH_LOCK_TTL_S: Final[float] = 5 * 60.0
 DEFAULT_REDACTION_STRING: Final[str] = "[REDACTED]"
 DEFAULT_PRIORITY_KEYWORDS: Final[tuple[str, ...]] = (
@@ -242,7 +241,9 @@ def check_redact_pattern(pattern: str) -> str:
     except (regex.error, OverflowError, RecursionError, ValueError) as exc:
         raise ValueError(f"pattern {pattern!r} does not compile: {exc}") from None
     try:
-        tree = _sre.parse(pattern)
+        with warnings.catch_warnings():  # "possible nested set" FutureWarnings concern re, not us
+            warnings.simplefilter("ignore")
+            tree = _sre.parse(pattern)
     except (re.error, OverflowError, RecursionError, ValueError) as exc:
         raise ValueError(
             f"pattern {pattern!r} uses syntax Python's re parser cannot read ({exc}), so it "
@@ -307,8 +308,9 @@ class EvictionConfig(_Frozen):
     @model_validator(mode="after")
     def _rules(self) -> EvictionConfig:
         problems = _Problems()
-        if self.policy is EvictionPolicyType.PRIORITY and not self.priority_keywords:
-            problems.add("priority_keywords", "priority eviction needs at least one keyword", ())
+        if self.policy is EvictionPolicyType.PRIORITY:
+            if not self.priority_keywords:
+                problems.add("priority_keywords", "priority eviction needs a keyword", ())
         elif "priority_keywords" in self.model_fields_set:
             reason = f"only used by eviction policy priority, not {self.policy}"
             problems.add("priority_keywords", reason, self.priority_keywords)
@@ -376,28 +378,29 @@ class PrivacyPolicy(_Frozen):
 
 
 class LockingConfig(_Frozen):
-    """TTLs of the per-memory locks taken by append, clear and flush (a flush may call an LLM)."""
+    """TTL of the per-memory lock a flush or an eviction holds (renewed while it runs; a flush may
+    call an LLM). Appends and clears take no lock: each is one atomic Redis script, and an
+    in-flight flush is fenced by the memory's epoch instead."""
 
-    append_ttl: Duration = DEFAULT_APPEND_LOCK_TTL_S
-    clear_ttl: Duration = DEFAULT_CLEAR_LOCK_TTL_S
     flush_ttl: Duration = DEFAULT_FLUSH_LOCK_TTL_S
+    # Compozy's schema has these; here they could do nothing, so they are refused with a reason.
+    append_ttl: SkipJsonSchema[None] = Field(default=None, exclude=True, repr=False)
+    clear_ttl: SkipJsonSchema[None] = Field(default=None, exclude=True, repr=False)
 
-    @field_validator("append_ttl", "clear_ttl", "flush_ttl")
+    @field_validator("flush_ttl")
     @classmethod
     def _positive(cls, value: float) -> float:
         if value < _MIN_LOCK_TTL_S:
             raise _error("lock_ttl", f"a lock TTL must be at least 1ms, got {value}s")
         return value
 
-    @property
-    def append_ttl_s(self) -> float:
-        """Append lock TTL in seconds."""
-        return self.append_ttl
-
-    @property
-    def clear_ttl_s(self) -> float:
-        """Clear lock TTL in seconds."""
-        return self.clear_ttl
+    @field_validator("append_ttl", "clear_ttl", mode="before")
+    @classmethod
+    def _no_lock(cls, value: object) -> None:
+        raise _error(
+            "lock_ttl",
+            "appends and clears are single atomic Redis scripts and take no lock; remove it",
+        )
 
     @property
     def flush_ttl_s(self) -> float:
@@ -537,20 +540,16 @@ class MemoryResource(_Frozen):
         return self.model
 
     def trigger_thresholds(self) -> tuple[int, int]:
-        """``(tokens, messages)`` at which a flush triggers; 0 means that limit is not tracked.
-
-        Each is ``floor(limit * flushing.summarize_threshold)``, at least 1 when the limit is set.
-        """
+        """``(tokens, messages)`` at which a flush triggers: ``floor(limit * summarize_threshold)``,
+        at least 1; 0 when that limit is not set (not tracked)."""
         ratio = self.flushing.summarize_threshold
         limits = (self.effective_max_tokens, self.max_messages)
         tokens, messages = (0 if n is None else max(1, math.floor(n * ratio)) for n in limits)
         return tokens, messages
 
     def flush_targets(self) -> tuple[int | None, int | None]:
-        """``(tokens, messages)`` a flush brings the memory down to; ``None`` when not limited.
-
-        Each is ``floor(limit * flushing.target_percent)``.
-        """
+        """``(tokens, messages)`` a flush brings the memory down to: ``floor(limit *
+        target_percent)``; ``None`` when that limit is not set."""
         ratio = self.flushing.target_percent
         limits = (self.effective_max_tokens, self.max_messages)
         tokens, messages = (None if n is None else math.floor(n * ratio) for n in limits)
@@ -591,7 +590,7 @@ def parse_resource(data: object, source: str | None = None) -> MemoryResource:
         ident = data.get("id") if isinstance(data, dict) else None
         what = f"memory resource {ident!r}" if isinstance(ident, str) else "memory resource"
         count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
-        # No field= here: ConfigError would prefix it to the message, whose lines name their own.
         error = ConfigError(f"invalid {what} ({count}):\n{lines}", source=source)
+        # Set after, not via field=: ConfigError would prefix it to lines that name their own.
         error.field = (problems[0][0] or None) if problems else None
         raise error from exc
