@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import sys
+from functools import partial
 
 from celery import Celery
+from celery.signals import setup_logging
 
 from beat_schedule import build_beat_schedule
 from config.celery import build_celery_config
+from config.logging import configure_logging
 from memory_engine.settings import Settings, load_settings
 from worker import flower_auth
 
@@ -21,6 +24,10 @@ def create_app(settings: Settings | None = None) -> Celery:
     celery_app.conf.update(build_celery_config(settings))
     celery_app.conf.beat_schedule = build_beat_schedule(settings)
     celery_app.conf.memory_settings = settings
+    # Replaces Celery's own logging setup in the processes it starts (worker, Beat).
+    setup_logging.connect(
+        partial(configure_logging, settings), weak=False, dispatch_uid="memory-engine-logging"
+    )
     return celery_app
 
 
