@@ -26,8 +26,6 @@ __all__ = ["RESULT_EXPIRES_S", "build_celery_config"]
 RESULT_EXPIRES_S = 3600
 BROKER_HEALTH_CHECK_INTERVAL_S = 25
 WORKER_SOFT_SHUTDOWN_S = 10.0
-REDBEAT_LOCK_TIMEOUT_S = 60
-BEAT_MAX_LOOP_INTERVAL_S = 10
 
 
 def build_celery_config(settings: Settings) -> dict[str, Any]:
@@ -39,6 +37,10 @@ def build_celery_config(settings: Settings) -> dict[str, Any]:
         "socket_keepalive": True,
         "health_check_interval": BROKER_HEALTH_CHECK_INTERVAL_S,
     }
+    if settings.broker_unacked_restore_interval_s is not None:
+        # Throttle 1: every timer tick really scans (kombu otherwise scans every 10th tick).
+        transport["unacked_restore_interval"] = settings.broker_unacked_restore_interval_s
+        transport["unacked_restore_throttle"] = 1
     return {
         "broker_url": settings.broker_dsn(),
         "result_backend": settings.broker_dsn(),
@@ -78,8 +80,8 @@ def build_celery_config(settings: Settings) -> dict[str, Any]:
         "beat_scheduler": "redbeat.RedBeatScheduler",
         "redbeat_redis_url": settings.broker_dsn(),
         "redbeat_key_prefix": f"{settings.key_prefix}:beat:",
-        "redbeat_lock_timeout": REDBEAT_LOCK_TIMEOUT_S,
-        "beat_max_loop_interval": BEAT_MAX_LOOP_INTERVAL_S,
+        "redbeat_lock_timeout": settings.beat_lock_timeout_s,
+        "beat_max_loop_interval": settings.beat_max_loop_interval_s,
         "timezone": "UTC",
         "enable_utc": True,
     }

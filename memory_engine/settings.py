@@ -29,6 +29,8 @@ DEFAULT_REDACTION_TIMEOUT_MS = 50
 DEFAULT_TASK_SOFT_TIME_LIMIT_S = 240
 DEFAULT_TASK_TIME_LIMIT_S = 300
 DEFAULT_SUMMARIZER_TIMEOUT_S = 30.0
+DEFAULT_BEAT_LOCK_TIMEOUT_S = 60
+DEFAULT_BEAT_MAX_LOOP_INTERVAL_S = 10
 
 
 class Settings(BaseSettings):
@@ -70,22 +72,65 @@ class Settings(BaseSettings):
     summarizer_api_key: SecretStr | None = None
     summarizer_timeout_s: float = Field(default=DEFAULT_SUMMARIZER_TIMEOUT_S, gt=0)
 
+    # --- circuit breakers (summarizer, token-count APIs) and provider token counting
+    breaker_fail_max: int = Field(
+        default=5, ge=1, description="Consecutive failures that open a circuit breaker."
+    )
+    breaker_reset_timeout_s: float = Field(
+        default=30.0, gt=0, description="Seconds an open breaker waits before one trial call."
+    )
+    token_count_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="Bound on one provider count-tokens HTTP call (it runs inside append).",
+    )
+
     # --- Celery and service processes
     task_soft_time_limit_s: int = Field(default=DEFAULT_TASK_SOFT_TIME_LIMIT_S, ge=1)
     task_time_limit_s: int = Field(default=DEFAULT_TASK_TIME_LIMIT_S, ge=1)
+    broker_visibility_timeout_s: int | None = Field(
+        default=None,
+        ge=1,
+        description="Seconds an unacknowledged task waits before redelivery to another worker. "
+        "None: derived, task_time_limit_s * 2 + 60. Keep it above the hard time limit and the "
+        "resources' locking.flush_ttl; tests lower it to see redelivery in seconds.",
+    )
+    broker_unacked_restore_interval_s: int | None = Field(
+        default=None,
+        ge=1,
+        description="Seconds between a worker's sweeps that redeliver tasks of dead workers. "
+        "None: kombu's default (a sweep about every 100 s).",
+    )
     cleanup_interval_s: float = Field(default=300.0, gt=0)
     reconcile_interval_s: float = Field(default=900.0, gt=0)
     marker_sweep_interval_s: float = Field(default=60.0, gt=0)
+    beat_lock_timeout_s: int = Field(
+        default=DEFAULT_BEAT_LOCK_TIMEOUT_S,
+        ge=2,
+        description="RedBeat lock TTL: a standby Beat takes over at most this long (plus "
+        "beat_max_loop_interval_s) after the active one dies.",
+    )
+    beat_max_loop_interval_s: int = Field(default=DEFAULT_BEAT_MAX_LOOP_INTERVAL_S, ge=1)
     flower_user: str | None = None
     flower_password: SecretStr | None = None
     flower_unauthenticated_dev: bool = False
     flower_port: int = Field(default=5555, ge=1, le=65535)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_registry: Literal["global", "dedicated"] = Field(
+        default="global",
+        description="Where the client's Prometheus metrics are registered: prometheus_client's "
+        "global REGISTRY, or a dedicated registry (memory_engine.metrics.registry()).",
+    )
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @model_validator(mode="after")
     def _limits_are_ordered(self) -> Settings:
         if self.task_soft_time_limit_s >= self.task_time_limit_s:
             raise ValueError("task_soft_time_limit_s must be below task_time_limit_s")
+        # RedBeat extends its lock once per loop; a loop longer than the lock lets it lapse.
+        if self.beat_max_loop_interval_s >= self.beat_lock_timeout_s:
+            raise ValueError("beat_max_loop_interval_s must be below beat_lock_timeout_s")
         return self
 
     def replace(self, **changes: object) -> Settings:
@@ -104,7 +149,10 @@ class Settings(BaseSettings):
 
     @property
     def visibility_timeout_s(self) -> int:
-        """Longer than the longest hard time limit, so a running task is never redelivered."""
+        """Longer than the longest hard time limit, so a running task is never redelivered
+        (unless ``broker_visibility_timeout_s`` overrides it)."""
+        if self.broker_visibility_timeout_s is not None:
+            return self.broker_visibility_timeout_s
         return self.task_time_limit_s * 2 + 60
 
 
