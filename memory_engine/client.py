@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
+from memory_engine import metrics
 from memory_engine.errors import KeyTemplateError, MessageValidationError
 from memory_engine.keys import KeySpace, MemoryKeys, project_of, render_key
 from memory_engine.messages import AppendResult, MemoryStats, Message, Page, coerce_message
@@ -62,6 +63,7 @@ class MemoryClient:
         self.producer = producer or TaskProducer(self.settings)
         self._redactors: dict[str, Redactor] = {}
         self._summarizer: Summarizer | None = summarizer
+        metrics.configure(self.settings)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> MemoryClient:
@@ -107,15 +109,30 @@ class MemoryClient:
         return redactor
 
     def counter_for(self, resource: MemoryResource) -> TokenCounter:
-        return counter_for(resource.tokenizer_model)
+        """The counter for ``resource``'s messages: the shared tiktoken counter of its model, or,
+        when it names a ``token_provider``, a provider-aware counter (provider API -> tiktoken ->
+        estimate; see :mod:`memory_engine.token_providers`) whose breaker state is shared through
+        this client's Redis."""
+        if resource.token_provider is None:
+            return counter_for(resource.tokenizer_model)
+        # Built lazily so clients of resources without a provider never load the HTTP machinery.
+        from memory_engine.token_providers import TokenCounters
+
+        counters: TokenCounters | None = self.__dict__.get("_token_counters")
+        if counters is None:
+            fresh = TokenCounters(self.settings, self.redis)
+            counters = self.__dict__.setdefault("_token_counters", fresh)
+        return counters.counter_for(resource)
 
     @property
     def summarizer(self) -> Summarizer:
-        """The configured summarizer (``MEMORY_SUMMARIZER_*``), built on first use."""
+        """The configured summarizer (``MEMORY_SUMMARIZER_*``), built on first use. An LLM
+        summarizer's circuit breaker keeps its state in this client's Redis, shared with every
+        process using the same key prefix."""
         if self._summarizer is None:
             from memory_engine.summarizers import build_summarizer
 
-            self._summarizer = build_summarizer(self.settings)
+            self._summarizer = build_summarizer(self.settings, redis=self.redis)
         return self._summarizer
 
     def close(self) -> None:
@@ -155,6 +172,7 @@ class Memory:
 
     def append_many(self, messages: Sequence[Message | dict[str, Any]]) -> AppendResult:
         """Store a batch atomically: every message or none (one script, one round trip)."""
+        started = time.perf_counter()
         pending, skipped, redacted = self._prepare(messages)
         if not pending:
             stats = self.stats()
@@ -178,6 +196,7 @@ class Memory:
         flush_requested = False
         if outcome.flush_requested:
             flush_requested = self._publish_flush(reason="threshold")
+        metrics.record_append(self.resource.id, pending, outcome, started)
         return AppendResult(
             stored=True,
             appended=len(pending),
@@ -292,7 +311,9 @@ class Memory:
         if not self.client.store.set_flush_marker(
             self.keys, self.client.settings.flush_marker_ttl_s
         ):
+            metrics.record_flush_request(self.resource.id, deduplicated=True)
             return False
+        metrics.record_flush_request(self.resource.id, deduplicated=False)
         return self._publish_flush(reason="requested", marker_indexed=True)
 
     def _publish_flush(self, *, reason: str, marker_indexed: bool = False) -> bool:
@@ -357,14 +378,17 @@ class Memory:
             if redactor.enabled:
                 message, hits = redactor.redact_message(message)
                 redacted += hits
-            tokens = counter.count_message(message)
             try:
+                tokens = counter.count_message(message)
                 body = message.wire_body(tokens, now)
-            except (TypeError, ValueError) as exc:
+                # Strict: a lone surrogate in name/metadata/tool fields would otherwise fail
+                # later, inside redis-py's encoder, as an untyped UnicodeEncodeError.
+                size = len(body.encode("utf-8"))
+            except (TypeError, ValueError, RecursionError) as exc:
                 raise MessageValidationError(
-                    f"message {index}: metadata or tool_calls are not JSON-serialisable: {exc}"
+                    f"message {index}: metadata or tool_calls are not JSON-serialisable, are "
+                    f"nested too deeply, or hold text that is not valid UTF-8: {exc}"
                 ) from exc
-            size = len(body.encode("utf-8", "surrogatepass"))
             if size > settings.max_message_bytes:
                 raise MessageValidationError(
                     f"message {index} is {size} bytes stored; "

@@ -170,7 +170,8 @@ def _truncate_summary(memory: Memory, msg: Message, room: int) -> Message | None
     )
     if room <= overhead:
         return None
-    text = counter.truncate(msg.content, room - overhead)
+    budget = room - overhead
+    text = counter.truncate(msg.content, budget)
     while text:
         cost = counter.count_message(Message(role=Role.SYSTEM, content=text))
         if cost <= room:
@@ -181,7 +182,10 @@ def _truncate_summary(memory: Memory, msg: Message, room: int) -> Message | None
                     "metadata": {**msg.metadata, "truncated": True},
                 }
             )
-        text = counter.truncate(text, max(0, cost - overhead - (cost - room) - 1))
+        # Shrink the budget every round: a provider-aware counter measures content differently
+        # from its truncate(), so cutting to the same budget again could return the same text.
+        budget -= max(1, cost - room)
+        text = counter.truncate(text, max(0, budget))
     return None
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
+from memory_engine import metrics
 from memory_engine.errors import FlushAlreadyRunning, FlushConflict
 from memory_engine.eviction import select_evictions
 from memory_engine.locks import MemoryLock
@@ -82,6 +83,7 @@ def over_hard_limit(memory: Memory) -> bool:
     return bool(max_messages and stats.message_count > max_messages)
 
 
+@metrics.instrument_flush("flush")
 def flush_memory(
     memory: Memory,
     *,
@@ -123,12 +125,15 @@ def flush_memory(
                 )
             plan = planner.plan(snap, memory.resource)
             if plan.is_noop:
-                store.clear_flush_marker(memory.keys)
                 result = _result(memory, name, FlushStatus.NOOP, plan, snap)
                 break
             summary = None
             if plan.summarize:
                 if hand_off is not None:
+                    # Release before handing off: the summarize task may start on another
+                    # worker at once, and finding the lock still held it would skip, leaving
+                    # the marker set (no flush of this memory) until the marker's TTL.
+                    lock.release()
                     hand_off(plan)
                     return _result(memory, name, FlushStatus.HANDED_OFF, plan, snap)
                 summary = build_summary(memory, snap, plan, summarizer or memory.client.summarizer)
@@ -144,7 +149,7 @@ def flush_memory(
                     summary=summary,
                     lock_token=lock.token,
                     counter_field="flushed",
-                    clear_marker=True,
+                    clear_marker=False,  # cleared below, once hard limits are enforced too
                     created_at=meta["created_at"],
                 )
             except FlushConflict:
@@ -152,7 +157,7 @@ def flush_memory(
                 if attempt == COMMIT_ATTEMPTS:
                     raise
                 continue
-            store.clear_flush_marker(memory.keys)  # also drops the pending-index entry
+            metrics.record_flush_commit(memory.resource.id, committed, snap, summary)
             result = FlushResult(
                 memory_id=memory.key,
                 strategy=name,
@@ -190,6 +195,8 @@ def flush_memory(
                         "token_count": evicted.token_count,
                     }
                 )
+        # Only now is the flush done: "flush pending" stays true until nothing more will change.
+        store.clear_flush_marker(memory.keys)  # also drops the pending-index entry
         return result
     finally:
         lock.release()
@@ -218,6 +225,7 @@ def build_summary(
     )
 
 
+@metrics.instrument_flush("evict")
 def evict_memory(memory: Memory, *, policy: str | None = None) -> FlushResult:
     """Enforce hard limits by the resource's eviction policy (or ``policy``)."""
     lock = MemoryLock(
@@ -282,6 +290,7 @@ def _evict_locked(memory: Memory, lock: MemoryLock, *, policy: str | None = None
             if attempt == COMMIT_ATTEMPTS:
                 raise
             continue
+        metrics.record_evict_commit(resource.id, committed)
         log.warning(
             "evicted %d messages from %s by policy %s (hard limit)",
             committed.dropped,

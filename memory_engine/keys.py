@@ -85,6 +85,10 @@ class KeySpace:
         self.access_index = f"{prefix}:idx:access"
         self.pending_index = f"{prefix}:idx:pending"
         self.beat_prefix = f"{prefix}:beat:"
+        # celery-redbeat derives these from its prefix: entry key -> next due time, and the lock
+        # the running Beat holds (read by ``memory-engine health``).
+        self.beat_schedule = f"{self.beat_prefix}:schedule"
+        self.beat_lock = f"{self.beat_prefix}:lock"
         self.breaker_prefix = f"{prefix}:breaker:"
 
     def memory(self, memory_id: str) -> MemoryKeys:

@@ -77,7 +77,8 @@ class Message(BaseModel):
             body["tool_calls"] = self.tool_calls
         if self.metadata:
             body["metadata"] = self.metadata
-        return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+        # allow_nan=False: NaN/Infinity are not JSON; other readers of the list would choke.
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
     def to_wire(self) -> str:
         """Full stored form, for messages that already carry ``seq`` and ``token_count``."""
@@ -116,6 +117,8 @@ def coerce_message(value: Message | dict[str, Any]) -> Message:
         )
     try:
         return Message.model_validate(value)
+    except RecursionError as exc:
+        raise MessageValidationError("invalid message: nested too deeply") from exc
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'message'}: {err['msg']}"

@@ -14,12 +14,24 @@ from memory_engine.errors import StoreUnavailable
 from memory_engine.settings import Settings
 from memory_engine.tasknames import TASK_ROUTES
 
-__all__ = ["TaskProducer"]
+__all__ = ["SHOWN_TASK_ARGUMENTS", "TaskProducer", "task_kwargsrepr"]
 
 log = logging.getLogger(__name__)
 
 PUBLISH_MAX_RETRIES = 2
 PUBLISH_RETRY_INTERVAL_S = 0.2
+
+SHOWN_TASK_ARGUMENTS = frozenset(
+    {"memory_id", "resource_id", "strategy", "reason", "policy", "dry_run"}
+)
+"""Task arguments that Flower, task events and worker logs may show; any other is masked."""
+
+
+def task_kwargsrepr(kwargs: dict[str, Any]) -> str:
+    """The ``kwargsrepr`` sent with a task (what Flower shows as its arguments): ids and options
+    only. Tasks never carry message content; masking every other name keeps it so if one ever
+    gains an argument that could."""
+    return repr({k: v if k in SHOWN_TASK_ARGUMENTS else "<hidden>" for k, v in kwargs.items()})
 
 
 class TaskProducer:
@@ -62,6 +74,8 @@ class TaskProducer:
             result = self.app.send_task(
                 name,
                 kwargs=kwargs,
+                argsrepr="()",
+                kwargsrepr=task_kwargsrepr(kwargs),
                 task_id=task_id,
                 retry=True,
                 retry_policy={

@@ -39,6 +39,8 @@ def _read_documents(path: Path) -> list[object]:
         raise ConfigError(f"invalid YAML{where}: {problem}", source=source) from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML: {exc}", source=source) from exc
+    except RecursionError as exc:  # PyYAML's parser recurses once per nesting level
+        raise ConfigError("invalid YAML: nested too deeply", source=source) from exc
 
 
 def _load_with_sources(path: Path) -> list[tuple[MemoryResource, str]]:

@@ -32,7 +32,8 @@ from memory_engine.models import context_window
 __all__ = [
     "DEFAULT_FLUSH_LOCK_TTL_S",
     "DEFAULT_PERSISTENCE_TTL_S", "DEFAULT_PRIORITY_KEYWORDS", "DEFAULT_REDACTION_STRING",
-    "MAX_BOUNDED_REPEAT", "Duration", "EvictionConfig", "EvictionPolicyType", "FlushingConfig",
+    "MAX_BOUNDED_REPEAT", "MAX_REPEAT_SPLITS", "Duration", "EvictionConfig", "EvictionPolicyType",
+    "FlushingConfig",
     "FlushingType", "LockingConfig", "MemoryResource", "PersistenceConfig", "PrivacyPolicy",
     "ResourceType", "TokenAllocation", "TokenProviderConfig", "check_redact_pattern",
     "parse_duration", "parse_resource",
@@ -47,6 +48,9 @@ DEFAULT_PRIORITY_KEYWORDS: Final[tuple[str, ...]] = (
 )  # fmt: skip
 MAX_BOUNDED_REPEAT: Final[int] = 1000
 """Largest ``{n,m}`` bound a redaction pattern may use."""
+MAX_REPEAT_SPLITS: Final[int] = 100_000
+"""Most ways bounded repeats nested in a bounded repeat may split one match (``(a{1,3}){1,20}``
+has 3**20): past this a failing match backtracks through them all."""
 # Redis lock TTLs are set in milliseconds (PX); anything shorter would round to "no lock".
 _MIN_LOCK_TTL_S: Final[float] = 0.001
 _TOKEN_ALLOCATION_TOLERANCE: Final[float] = 0.001
@@ -232,6 +236,28 @@ def _screen(nodes: _Nodes) -> str | None:
     return None
 
 
+def _splits(nodes: _Nodes) -> int:
+    """An upper bound on the ways ``nodes`` can share one match between bounded repeats: a
+    bounded repeat run up to ``m`` times multiplies its body's count to the power ``m``.
+    Unbounded repeats are left to :func:`_screen`; possessive and atomic parts never split."""
+    total = 1
+    for op, av in nodes:
+        if op in _BACKTRACKING_REPEATS and av[1] != _sre.MAXREPEAT:
+            low, high, body = av
+            inner = _splits(body)
+            ways = max(high - low + 1, inner**high if inner > 1 else 1)
+        elif op in _NO_BACKTRACK:
+            ways = 1
+        elif op == _sre.BRANCH:
+            ways = sum(_splits(alt) for alt in av[1])
+        else:
+            ways = 1
+            for child in _children(av):
+                ways *= _splits(child)
+        total = min(total * ways, MAX_REPEAT_SPLITS + 1)
+    return total
+
+
 def check_redact_pattern(pattern: str) -> str:
     """Return ``pattern`` if it is a safe redaction regex, else raise :class:`ValueError`: it
     must compile with ``regex``, parse with Python's ``re`` parser (or it cannot be screened), pass
@@ -251,6 +277,12 @@ def check_redact_pattern(pattern: str) -> str:
         ) from None
     try:
         reason = _screen(tree)
+        if reason is None and _splits(tree) > MAX_REPEAT_SPLITS:
+            reason = (
+                "variable-length repeats nested in a bounded repeat (like (a{1,100}){1,100}) "
+                f"can split a match more than {MAX_REPEAT_SPLITS} ways and backtrack "
+                "catastrophically; bound them tighter or make the inner repeat possessive"
+            )
         if reason is None and _can_be_empty(tree):
             reason = "it can match the empty string, so redaction would insert text everywhere"
     except RecursionError:

@@ -51,6 +51,7 @@ class AppendOutcome:
     token_count: int
     flush_requested: bool
     epoch: int
+    flush_deduplicated: bool = False  # at threshold, but a flush was already pending
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,12 @@ def translate_errors(what: str) -> Iterator[None]:
     """Turn redis-py exceptions into the engine's store errors."""
     try:
         yield
+    except redis_errors.AuthenticationError as exc:
+        # A subclass of ConnectionError, but permanent: wrong or missing credentials are not
+        # worth the retries that StoreUnavailable (a TransientError) earns.
+        raise StoreError(
+            f"Redis refused the credentials during {what} (check MEMORY_REDIS_URL): {exc}"
+        ) from exc
     except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
         raise StoreUnavailable(f"Redis unavailable during {what}: {exc}") from exc
     except redis_errors.RedisError as exc:
@@ -162,8 +169,9 @@ class MemoryStore:
                 pipe.zadd(self.keyspace.expiry_index, {keys.memory_id: now + ttl_s})
 
         first, last, count, total, requested, epoch = self._run_pipeline("append", build)[0]
+        flush = int(requested)
         return AppendOutcome(
-            int(first), int(last), int(count), int(total), bool(requested), int(epoch)
+            int(first), int(last), int(count), int(total), flush == 1, int(epoch), flush == 2
         )
 
     def replace(

@@ -39,11 +39,11 @@ import logging
 import os
 import tempfile
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, NamedTuple
 
 import tiktoken
-from cachetools import LRUCache
 
 from memory_engine.errors import ConfigError
 
@@ -294,9 +294,10 @@ class TokenCounter:
         self._requested = requested_encoding_for(model)
         self._encoding = _resolve(self._requested, allow_download)
         self._allow_download = allow_download
-        self._cache: LRUCache[tuple[str, bytes], int] | None = (
-            LRUCache(maxsize=cache_size) if cache_size else None
-        )
+        # An OrderedDict (C) as the LRU: an insert that evicts costs 0.8 us against 2.3 us for
+        # cachetools.LRUCache (pure Python), and most texts are misses (chat messages are unique).
+        # Keys are digests alone: the cache belongs to this counter, hence to one encoding.
+        self._cache: OrderedDict[bytes, int] | None = OrderedDict() if cache_size else None
         self._cache_size = cache_size
         self._lock = threading.Lock()
         self._hits = 0
@@ -333,17 +334,23 @@ class TokenCounter:
             return len(self._encoding.encode_ordinary(text))
         # surrogatepass: a lone surrogate (from JSON "\ud800") must not break counting; the
         # digest is only a key, and tiktoken itself replaces surrogates when encoding.
-        raw = text.encode("utf-8", "surrogatepass")
-        key = (self.encoding_name, hashlib.blake2b(raw, digest_size=_DIGEST_BYTES).digest())
+        key = hashlib.blake2b(
+            text.encode("utf-8", "surrogatepass"), digest_size=_DIGEST_BYTES
+        ).digest()
+        cache = self._cache
         with self._lock:
-            cached = self._cache.get(key)
+            cached = cache.get(key)
             if cached is not None:
+                cache.move_to_end(key)
                 self._hits += 1
                 return cached
             self._misses += 1
+        # Encoded outside the lock: tiktoken releases the GIL, so threads count in parallel.
         count = len(self._encoding.encode_ordinary(text))
         with self._lock:
-            self._cache[key] = count
+            cache[key] = count
+            if len(cache) > self._cache_size:
+                cache.popitem(last=False)
         return count
 
     def truncate(self, text: str, max_tokens: int) -> str:

@@ -62,6 +62,11 @@ def summarize(
     Redis transaction), commit with the epoch and lock checks."""
     client = engine_client()
     memory = client.memory_by_id(memory_id, resource_id)
+    # Progress: the result backend holds the custom state (AsyncResult, the CLI); Flower builds
+    # its views from task events, so the same state goes out as a ``task-summarizing`` event.
+    progress = {"memory_id": memory_id, "resource_id": resource_id}
+    self.update_state(state="SUMMARIZING", meta=progress)
+    self.send_event("task-summarizing", **progress)
     result = flush_memory(memory, strategy=strategy)
     return result.model_dump(mode="json", exclude={"would_remove"})
 

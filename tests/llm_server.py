@@ -245,9 +245,11 @@ class FakeLLMServer:
         self._thread: threading.Thread | None = None
 
     # --- lifecycle
-    def start(self) -> FakeLLMServer:
+    def start(self, port: int = 0) -> FakeLLMServer:
+        """Listen on ``port`` (0: a free one). Restarting a stopped server on its old port brings
+        an endpoint "back" at the same URL."""
         self._stopping.clear()
-        httpd = _Server(("127.0.0.1", 0), _Handler)
+        httpd = _Server(("127.0.0.1", port), _Handler)
         httpd.fake = self
         self._httpd = httpd
         self._thread = threading.Thread(

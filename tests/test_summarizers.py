@@ -22,6 +22,7 @@ from memory_engine.summarizers import (
     FALLBACK_SOURCE,
     AnthropicSummarizer,
     FallbackSummarizer,
+    GuardedSummarizer,
     OpenAIChatSummarizer,
     RuleBasedSummarizer,
     Summarizer,
@@ -503,8 +504,10 @@ def test_build_llm_defaults(provider: str, cls: type, url: str) -> None:
         )
     )
     assert isinstance(s, FallbackSummarizer) and isinstance(s.fallback, RuleBasedSummarizer)
-    assert type(s.primary) is cls
-    assert s.primary.base_url == url and s.primary.timeout_s == 7 and s.name == provider
+    assert isinstance(s.primary, GuardedSummarizer)  # the LLM sits behind a circuit breaker
+    llm = s.primary.inner
+    assert type(llm) is cls
+    assert llm.base_url == url and llm.timeout_s == 7 and s.name == provider
 
 
 def test_build_from_environment(

@@ -13,7 +13,7 @@ from beat_schedule import build_beat_schedule
 from config.celery import build_celery_config
 from config.logging import configure_logging
 from memory_engine.settings import Settings, load_settings
-from worker import flower_auth
+from worker import flower_auth, metrics
 
 __all__ = ["app", "create_app"]
 
@@ -24,6 +24,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     celery_app.conf.update(build_celery_config(settings))
     celery_app.conf.beat_schedule = build_beat_schedule(settings)
     celery_app.conf.memory_settings = settings
+    metrics.install(celery_app)  # /metrics on settings.metrics_port, from worker start-up
     # Replaces Celery's own logging setup in the processes it starts (worker, Beat).
     setup_logging.connect(
         partial(configure_logging, settings), weak=False, dispatch_uid="memory-engine-logging"

@@ -16,7 +16,9 @@
 -- ARGV[8] n_system        how many of them are system messages (context() finds them by count)
 -- ARGV[9 .. 8+2n]         pairs: body (JSON object without "seq", starts with '{'), token_count
 --
--- Returns {first_seq, last_seq, message_count, token_count, flush_requested (0|1), epoch}
+-- Returns {first_seq, last_seq, message_count, token_count, flush, epoch} where flush is
+-- 0 below the threshold, 1 when this append set the flush marker (the caller enqueues a flush),
+-- 2 at or over the threshold with a flush already pending (a deduplicated trigger)
 
 local ttl_ms = tonumber(ARGV[1])
 local n = tonumber(ARGV[7])
@@ -63,6 +65,8 @@ local msg_thr = tonumber(ARGV[5])
 if (tok_thr > 0 and total + summary_tokens >= tok_thr) or (msg_thr > 0 and count >= msg_thr) then
   if redis.call('SET', KEYS[5], ARGV[2], 'NX', 'PX', ARGV[6]) then
     requested = 1
+  else
+    requested = 2
   end
 end
 

@@ -6,13 +6,22 @@
 - ``openai`` or ``anthropic``: the LLM summarizer wrapped in :class:`FallbackSummarizer`, which
   answers with the rule-based summary (source ``"rule_based_fallback"``) whenever the LLM call
   fails or returns junk. A flush therefore always gets a usable summary.
+
+The LLM summarizer sits behind a circuit breaker (:class:`GuardedSummarizer`, one breaker per
+endpoint, state shared through Redis when :func:`build_summarizer` is given a client): after
+``MEMORY_BREAKER_FAIL_MAX`` consecutive failures every flush gets the rule-based summary at once,
+without waiting for the endpoint's timeout, until a trial call after
+``MEMORY_BREAKER_RESET_TIMEOUT_S`` succeeds.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from memory_engine.errors import ConfigError
+from memory_engine.breakers import SharedCircuitBreaker, breaker_name, build_breaker
+from memory_engine.errors import ConfigError, SummarizerError
 from memory_engine.settings import Settings
 from memory_engine.summarizers.base import (
     FALLBACK_SOURCE,
@@ -30,6 +39,12 @@ from memory_engine.summarizers.llm import (
 from memory_engine.summarizers.prompt import SYSTEM_PROMPT, Prompt, build_prompt
 from memory_engine.summarizers.rule_based import RuleBasedSummarizer
 
+if TYPE_CHECKING:
+    import redis
+
+    from memory_engine.messages import Message
+    from memory_engine.tokens import TokenCounter
+
 __all__ = [
     # interface and results
     "Summarizer",
@@ -39,6 +54,7 @@ __all__ = [
     # implementations
     "AnthropicSummarizer",
     "FallbackSummarizer",
+    "GuardedSummarizer",
     "OpenAIChatSummarizer",
     "RuleBasedSummarizer",
     "DEFAULT_ANTHROPIC_BASE_URL",
@@ -53,6 +69,43 @@ __all__ = [
 
 # Official endpoints always need a key; a self-hosted OpenAI-compatible server may not.
 _KEYED_HOSTS = frozenset({"api.openai.com", "api.anthropic.com"})
+
+
+class GuardedSummarizer:
+    """A summarizer behind a circuit breaker. Only :class:`SummarizerError` counts as a failure;
+    while the breaker is open, :meth:`summarize` raises :class:`SummarizerError` at once without a
+    request, so :class:`FallbackSummarizer` answers with the rule-based summary immediately."""
+
+    def __init__(self, inner: Summarizer, breaker: SharedCircuitBreaker) -> None:
+        self.inner = inner
+        self.breaker = breaker
+        self.name = inner.name
+
+    def __repr__(self) -> str:
+        return f"GuardedSummarizer(inner={self.inner!r}, breaker={self.breaker.name!r})"
+
+    def close(self) -> None:
+        """Close the wrapped summarizer's resources (its HTTP client)."""
+        close = getattr(self.inner, "close", None)
+        if callable(close):
+            close()
+
+    def summarize(
+        self,
+        previous: str | None,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int,
+        counter: TokenCounter,
+    ) -> SummaryText:
+        return self.breaker.call_or_raise(
+            self.inner.summarize,
+            previous,
+            messages,
+            max_tokens=max_tokens,
+            counter=counter,
+            error_type=SummarizerError,
+        )
 
 
 def _base_url(settings: Settings, default: str) -> str:
@@ -70,13 +123,16 @@ def _base_url(settings: Settings, default: str) -> str:
     return url
 
 
-def build_summarizer(settings: Settings) -> Summarizer:
+def build_summarizer(settings: Settings, redis: redis.Redis | None = None) -> Summarizer:
     """The summarizer the settings ask for.
 
     ``rule_based`` -> :class:`RuleBasedSummarizer`. ``openai``/``anthropic`` ->
-    ``FallbackSummarizer(<LLM summarizer>, RuleBasedSummarizer())``. The base URL defaults to
-    https://api.openai.com/v1 or https://api.anthropic.com. Raises :class:`ConfigError` when the
-    model is missing, the base URL is blank or not http(s), or an official endpoint has no key.
+    ``FallbackSummarizer(GuardedSummarizer(<LLM summarizer>, <breaker>), RuleBasedSummarizer())``;
+    the breaker is named ``summarizer.<provider>@<host>`` and keeps its state in ``redis`` (shared
+    by every process with the same key prefix) or, without one, in this process. The base URL
+    defaults to https://api.openai.com/v1 or https://api.anthropic.com. Raises
+    :class:`ConfigError` when the model is missing, the base URL is blank or not http(s), or an
+    official endpoint has no key.
     """
     provider = settings.summarizer_provider
     if provider == "rule_based":
@@ -106,4 +162,10 @@ def build_summarizer(settings: Settings) -> Summarizer:
         primary = AnthropicSummarizer(
             base_url, model=model, api_key=api_key, timeout_s=settings.summarizer_timeout_s
         )
-    return FallbackSummarizer(primary, RuleBasedSummarizer())
+    breaker = build_breaker(
+        breaker_name("summarizer", provider, base_url),
+        settings,
+        failures=(SummarizerError,),
+        redis=redis,
+    )
+    return FallbackSummarizer(GuardedSummarizer(primary, breaker), RuleBasedSummarizer())

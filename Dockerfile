@@ -1,0 +1,26 @@
+# The service image: worker, Beat and Flower all run `celery -A worker ...` from it
+# (see docker-compose.yml). Workflow code only needs `pip install memory-engine`.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+
+# Everything `pip install .` packages (pyproject: packages.find include + py-modules + readme).
+COPY pyproject.toml README.md beat_schedule.py ./
+COPY memory_engine ./memory_engine
+COPY config ./config
+COPY tasks ./tasks
+COPY worker ./worker
+RUN pip install . \
+    && useradd --create-home --uid 10001 memory
+
+# Resource YAML files shipped with the image; mount a volume over it to bring your own.
+ENV MEMORY_RESOURCES_DIR=/app/config/resources
+
+# Celery warns about workers running as root (SecurityWarning); nothing here needs root.
+USER memory
+CMD ["celery", "-A", "worker", "worker", "--loglevel=INFO"]

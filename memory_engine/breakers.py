@@ -1,0 +1,475 @@
+"""Circuit breakers around external calls, with their state shared across processes in Redis.
+
+One breaker guards each external dependency: the LLM summarizer endpoint
+(``summarizer.<provider>@<host>``) and each provider token-count endpoint
+(``tokens.<provider>@<host>``). Breakers are :mod:`pybreaker` breakers; what this module adds:
+
+- **Shared state.** :class:`RedisBreakerStorage` keeps a breaker's state in one Redis HASH,
+  ``<prefix>:breaker:<name>`` (fields ``state``, ``failures``, ``successes``, ``opened_at`` as
+  unix seconds with a fraction, ``updated_at``), and lists every breaker name in the SET
+  ``<prefix>:breaker:_index`` so :func:`breaker_states` finds them without ``SCAN``. Every worker
+  process that builds a breaker of the same name and prefix sees the same state: when one process
+  has counted ``breaker_fail_max`` consecutive failures, all of them fail fast.
+- **Fail fast.** While a breaker is open, a guarded call raises at once, without touching the
+  network; :meth:`SharedCircuitBreaker.call_or_raise` turns that into the caller's own error
+  (:class:`~memory_engine.errors.SummarizerError` for the summarizer, so the rule-based fallback
+  answers immediately). After ``breaker_reset_timeout_s`` the next call is a trial (half-open): a
+  success closes the breaker, a failure opens it for another period.
+- **Observability.** Transitions are logged (``open`` at WARNING, the others at INFO) and passed
+  to :func:`on_breaker_state`, which calls every callback registered with
+  :func:`subscribe_breaker_state` (the metrics module exports them as a gauge). A process learns
+  of a transition made by another process on its next guarded call; :func:`breaker_states` reads
+  the shared truth directly, for health checks.
+
+Why not pybreaker's ``CircuitRedisStorage``: it formats its own keys (four per breaker under
+``pybreaker:``), stores ``opened_at`` in whole seconds (a short reset timeout ends up to a second
+early), decodes replies with ``bytes.decode`` (breaks on ``decode_responses=True`` clients), makes
+Redis calls in its constructor that raise when Redis is down, logs a traceback on every call
+during an outage and uses a WATCH transaction to set ``opened_at``. :class:`RedisBreakerStorage`
+keeps a per-process shadow of the state instead: while Redis is unreachable the breaker goes on
+protecting this process on its own, and says so once in the log.
+
+Also unlike plain pybreaker, :class:`SharedCircuitBreaker` does not hold its lock while the
+guarded function runs (pybreaker does, which would serialise every provider call of a
+multi-threaded client behind one slow request); only state transitions are locked.
+
+Clock note: ``opened_at`` is written with the writer's clock and compared with the reader's, so
+worker hosts need NTP-synchronised clocks (a skew of a second shifts the reset timeout by as much).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
+
+import pybreaker
+from redis.exceptions import RedisError
+
+from memory_engine.errors import ConfigError, StoreUnavailable
+from memory_engine.keys import KeySpace
+
+if TYPE_CHECKING:
+    import redis
+
+    from memory_engine.settings import Settings
+
+__all__ = [
+    "BREAKER_NAME_PATTERN",
+    "REDIS_RETRY_INTERVAL_S",
+    "BreakerState",
+    "BreakerStateCallback",
+    "RedisBreakerStorage",
+    "SharedCircuitBreaker",
+    "breaker_name",
+    "breaker_states",
+    "build_breaker",
+    "on_breaker_state",
+    "subscribe_breaker_state",
+    "unsubscribe_breaker_state",
+]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+BREAKER_NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.@:\-]{0,199}$")
+"""Breaker names: they become part of a Redis key and a Prometheus label value."""
+
+REDIS_RETRY_INTERVAL_S = 1.0
+"""While Redis is unreachable, a breaker tries it again at most this often (else: local state)."""
+
+_INDEX_SUFFIX = "_index"  # cannot collide with a breaker: names start with a letter
+_UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.@:\-]")
+
+
+class BreakerState(StrEnum):
+    """A breaker's state; the values are pybreaker's state names."""
+
+    CLOSED = pybreaker.STATE_CLOSED
+    OPEN = pybreaker.STATE_OPEN
+    HALF_OPEN = pybreaker.STATE_HALF_OPEN
+
+
+# ---- state callbacks (the metrics hook) --------------------------------------------------------
+
+BreakerStateCallback = Callable[[str, str], None]
+"""``callback(name, state)``; ``state`` is a :class:`BreakerState` value."""
+
+# A registry rather than an import of the metrics module: the library must work without metrics,
+# and this module must not depend on the exporter.
+_state_callbacks: list[BreakerStateCallback] = []
+_callbacks_lock = threading.Lock()
+
+
+def subscribe_breaker_state(callback: BreakerStateCallback) -> None:
+    """Have ``callback(name, state)`` called on every breaker state this process observes.
+
+    Called once when a breaker is built (its current state) and on each transition after. The
+    callback runs on the thread that made the guarded call, so it must be quick and must not
+    raise (an exception is logged and ignored). Subscribing twice is a no-op.
+    """
+    with _callbacks_lock:
+        if callback not in _state_callbacks:
+            _state_callbacks.append(callback)
+
+
+def unsubscribe_breaker_state(callback: BreakerStateCallback) -> None:
+    """Stop calling ``callback``; unknown callbacks are ignored."""
+    with _callbacks_lock:
+        if callback in _state_callbacks:
+            _state_callbacks.remove(callback)
+
+
+def on_breaker_state(name: str, state: str) -> None:
+    """Tell every subscribed callback that breaker ``name`` is now in ``state``."""
+    with _callbacks_lock:
+        callbacks = list(_state_callbacks)
+    for callback in callbacks:
+        try:
+            callback(name, state)
+        except Exception:
+            logger.exception("breaker state callback %r failed for breaker %s", callback, name)
+
+
+class _StateListener(pybreaker.CircuitBreakerListener):
+    """Logs transitions and forwards them to :func:`on_breaker_state`, once per new state.
+
+    pybreaker notifies both transitions this breaker makes and ones it notices in Redis, and
+    concurrent failing calls may each "open" it; remembering the last reported state keeps the
+    log and the metric to one line per real change.
+    """
+
+    def __init__(self) -> None:
+        self._last: str | None = None
+        self._lock = threading.Lock()
+
+    def report_initial(self, name: str, state: str) -> None:
+        with self._lock:
+            self._last = state
+        on_breaker_state(name, state)
+
+    def state_change(
+        self,
+        cb: pybreaker.CircuitBreaker,
+        old_state: pybreaker.CircuitBreakerState | None,
+        new_state: pybreaker.CircuitBreakerState,
+    ) -> None:
+        name, state = cb.name or "unnamed", new_state.name
+        with self._lock:
+            previous, self._last = self._last, state
+        if previous == state:
+            return
+        if state == BreakerState.OPEN:
+            logger.warning(
+                "circuit breaker %s is open (was %s): calls fail fast for %gs, then one trial call",
+                name,
+                previous,
+                cb.reset_timeout,
+            )
+        elif state == BreakerState.HALF_OPEN:
+            logger.info("circuit breaker %s is half-open: the next call is a trial", name)
+        else:
+            logger.info("circuit breaker %s is closed (was %s)", name, previous)
+        on_breaker_state(name, state)
+
+
+# ---- shared storage ----------------------------------------------------------------------------
+
+
+def _breaker_key(keyspace: KeySpace, name: str) -> str:
+    return f"{keyspace.breaker_prefix}{name}"
+
+
+def _index_key(keyspace: KeySpace) -> str:
+    return f"{keyspace.breaker_prefix}{_INDEX_SUFFIX}"
+
+
+def _text(value: Any) -> str | None:
+    """A reply as ``str`` whether or not the client decodes responses."""
+    if value is None:
+        return None
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+class RedisBreakerStorage(pybreaker.CircuitBreakerStorage):
+    """pybreaker storage in one Redis HASH per breaker, shared by every process using the prefix.
+
+    Each read goes to Redis (a breaker must see what other processes did); each value read or
+    written is mirrored in a per-process shadow that answers while Redis is unreachable. The
+    constructor registers the name in the index and never raises for an unreachable Redis.
+    """
+
+    def __init__(self, redis: redis.Redis, keyspace: KeySpace, name: str) -> None:
+        super().__init__("redis")
+        if not BREAKER_NAME_PATTERN.match(name):
+            raise ConfigError(f"invalid circuit breaker name {name!r}")
+        self._redis = redis
+        self._key = _breaker_key(keyspace, name)
+        self._breaker_name = name
+        self._shadow: dict[str, str] = {"state": BreakerState.CLOSED.value}
+        self._redis_ok = True
+        self._retry_at = 0.0
+        self._index = _index_key(keyspace)
+        self._run(lambda: self._redis.sadd(self._index, name))
+
+    def __repr__(self) -> str:
+        return f"RedisBreakerStorage(key={self._key!r})"
+
+    def _run(self, command: Callable[[], T]) -> T | None:
+        """Run one Redis command; on a Redis error log once per outage and return ``None``.
+
+        During an outage Redis is tried again at most every ``REDIS_RETRY_INTERVAL_S``: each
+        attempt may wait for the connect timeout, and a guarded call makes several.
+        """
+        if not self._redis_ok and time.monotonic() < self._retry_at:
+            return None
+        try:
+            result = command()
+        except RedisError as exc:
+            self._retry_at = time.monotonic() + REDIS_RETRY_INTERVAL_S
+            if self._redis_ok:
+                self._redis_ok = False
+                logger.warning(
+                    "circuit breaker %s: Redis unavailable (%s: %s); this process keeps its own "
+                    "breaker state until Redis answers again",
+                    self._breaker_name,
+                    type(exc).__name__,
+                    exc,
+                )
+            return None
+        if not self._redis_ok:
+            self._redis_ok = True
+            logger.info(
+                "circuit breaker %s: Redis is back; state is shared again", self._breaker_name
+            )
+        return result
+
+    def _get(self, field: str) -> str | None:
+        value = self._run(lambda: self._redis.hget(self._key, field))
+        if value is None:
+            return self._shadow.get(field) if not self._redis_ok else None
+        text = _text(value)
+        if text is not None:
+            self._shadow[field] = text
+        return text
+
+    def _set(self, field: str, value: str) -> None:
+        self._shadow[field] = value
+        now = f"{time.time():.6f}"
+        self._run(lambda: self._redis.hset(self._key, mapping={field: value, "updated_at": now}))
+
+    def _incr(self, field: str) -> None:
+        value = self._run(lambda: self._redis.hincrby(self._key, field, 1))
+        self._shadow[field] = str(value if value is not None else self._int(field) + 1)
+
+    def _int(self, field: str) -> int:
+        value = self._shadow.get(field)
+        try:
+            return int(value) if value else 0
+        except ValueError:
+            return 0
+
+    def _read_int(self, field: str) -> int:
+        value = self._get(field)
+        try:
+            return int(value) if value else 0
+        except ValueError:
+            return 0
+
+    # ---- pybreaker's storage interface -------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        """The shared state; ``closed`` when the breaker was never used."""
+        value = self._get("state")
+        if value not in (BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN):
+            return BreakerState.CLOSED.value
+        return value
+
+    @state.setter
+    def state(self, state: str) -> None:
+        # Re-register with every transition (rare): a Redis that lost its data while this
+        # process ran would otherwise hold a breaker that breaker_states() cannot find.
+        self._shadow["state"] = str(state)
+        now = f"{time.time():.6f}"
+
+        def write() -> Any:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.hset(self._key, mapping={"state": str(state), "updated_at": now})
+            pipe.sadd(self._index, self._breaker_name)
+            return pipe.execute()
+
+        self._run(write)
+
+    def increment_counter(self) -> None:
+        self._incr("failures")
+
+    def reset_counter(self) -> None:
+        self._set("failures", "0")
+
+    def increment_success_counter(self) -> None:
+        self._incr("successes")
+
+    def reset_success_counter(self) -> None:
+        self._set("successes", "0")
+
+    @property
+    def counter(self) -> int:
+        return self._read_int("failures")
+
+    @property
+    def success_counter(self) -> int:
+        return self._read_int("successes")
+
+    @property
+    def opened_at(self) -> datetime | None:
+        value = self._get("opened_at")
+        try:
+            return datetime.fromtimestamp(float(value), UTC) if value else None
+        except (ValueError, OverflowError, OSError):
+            return None
+
+    @opened_at.setter
+    def opened_at(self, now: datetime) -> None:
+        self._set("opened_at", f"{now.timestamp():.6f}")
+
+
+# ---- the breaker -------------------------------------------------------------------------------
+
+
+class SharedCircuitBreaker(pybreaker.CircuitBreaker):
+    """A pybreaker breaker that runs the guarded function outside its lock and translates an open
+    circuit into the caller's error type (:meth:`call_or_raise`).
+
+    Only exceptions of the types in ``failures`` count as failures; pybreaker treats any other
+    exception as a success (it resets the failure count) and re-raises it. The exception that
+    trips the breaker is re-raised as is, so the caller sees the real cause.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        fail_max: int,
+        reset_timeout_s: float,
+        storage: pybreaker.CircuitBreakerStorage,
+        failures: tuple[type[BaseException], ...],
+    ) -> None:
+        if not BREAKER_NAME_PATTERN.match(name):
+            raise ConfigError(f"invalid circuit breaker name {name!r}")
+        self._listener = _StateListener()
+        super().__init__(
+            fail_max=fail_max,
+            reset_timeout=reset_timeout_s,
+            exclude=[lambda exc: not isinstance(exc, failures)],
+            listeners=[self._listener],
+            state_storage=storage,
+            name=name,
+            throw_new_error_on_trip=False,
+        )
+        self._listener.report_initial(name, self._state.name)
+
+    def __repr__(self) -> str:
+        return (
+            f"SharedCircuitBreaker(name={self.name!r}, fail_max={self.fail_max}, "
+            f"reset_timeout_s={self.reset_timeout:g}, storage={self._state_storage!r})"
+        )
+
+    def call(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Call ``func`` by the rules of the current (shared) state; raises
+        :class:`pybreaker.CircuitBreakerError` without calling it while the breaker is open."""
+        with self._lock:
+            stored = self.current_state  # one round trip; notices other processes' transitions
+            if stored != self._state.name:
+                self.state = stored  # pybreaker's setter takes a state name
+            state = self._state
+        return state.call(func, *args, **kwargs)
+
+    def call_or_raise(
+        self,
+        func: Callable[..., T],
+        *args: Any,
+        error_type: Callable[[str], Exception],
+        **kwargs: Any,
+    ) -> T:
+        """:meth:`call`, with an open circuit raised as ``error_type(message)`` from pybreaker's
+        error (for example :class:`~memory_engine.errors.SummarizerError`)."""
+        try:
+            return self.call(func, *args, **kwargs)
+        except pybreaker.CircuitBreakerError as exc:
+            raise error_type(
+                f"circuit breaker {self.name} is open after repeated failures; call skipped "
+                f"(retried after {self.reset_timeout:g}s)"
+            ) from exc
+
+    @property
+    def current(self) -> BreakerState:
+        """The state as stored (shared across processes when Redis-backed)."""
+        return BreakerState(self.current_state)
+
+
+def breaker_name(kind: str, provider: str, url: str) -> str:
+    """``<kind>.<provider>@<host>[:<port>]`` for the endpoint ``url``: one breaker per endpoint.
+
+    Characters a Redis key or metric label should not hold are replaced by ``_``.
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or "unknown"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    where = f"{host}:{port}" if port else host
+    name = _UNSAFE_NAME_CHARS.sub("_", f"{kind}.{provider}@{where}")
+    return name[:200]
+
+
+def build_breaker(
+    name: str,
+    settings: Settings,
+    *,
+    failures: tuple[type[BaseException], ...],
+    redis: redis.Redis | None = None,
+) -> SharedCircuitBreaker:
+    """A breaker with ``settings.breaker_fail_max`` and ``settings.breaker_reset_timeout_s``.
+
+    With ``redis`` its state lives under ``KeySpace(settings.key_prefix).breaker_prefix`` and is
+    shared with every process using the same prefix; without, it is this process's own.
+    """
+    storage: pybreaker.CircuitBreakerStorage
+    if redis is not None:
+        storage = RedisBreakerStorage(redis, KeySpace(settings.key_prefix), name)
+    else:
+        storage = pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
+    return SharedCircuitBreaker(
+        name,
+        fail_max=settings.breaker_fail_max,
+        reset_timeout_s=settings.breaker_reset_timeout_s,
+        storage=storage,
+        failures=failures,
+    )
+
+
+def breaker_states(redis: redis.Redis, keyspace: KeySpace) -> dict[str, str]:
+    """``{name: state}`` of every breaker registered under ``keyspace``, read from Redis.
+
+    Two round trips (the index, then every state in one pipeline), no ``SCAN``. A breaker that is
+    ``open`` past its reset timeout stays ``open`` here until some process makes the trial call.
+    Raises :class:`~memory_engine.errors.StoreUnavailable` when Redis cannot be read.
+    """
+    try:
+        names = sorted(n for n in (_text(v) for v in redis.smembers(_index_key(keyspace))) if n)
+        pipe = redis.pipeline(transaction=False)
+        for name in names:
+            pipe.hget(_breaker_key(keyspace, name), "state")
+        values = pipe.execute() if names else []
+    except RedisError as exc:
+        raise StoreUnavailable(f"cannot read circuit breaker states: {exc}") from exc
+    return {name: _text(value) or BreakerState.CLOSED.value for name, value in zip(names, values)}

@@ -1,0 +1,224 @@
+"""docker-compose.yml and the Dockerfile against the code (no Docker engine runs here).
+
+Checks that the services exist, that every ``MEMORY_*`` variable is a Settings field and that the
+interpolated environment builds valid Settings, that commands are ``celery -A worker ...`` with
+queue names from ``memory_engine.tasknames`` (every queue consumed by some worker), that Redis
+persists (AOF) and requires a password, that Flower has basic auth, that every service has a
+health check, and that the image installs the whole project.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import tomllib
+from pathlib import Path
+from typing import Any, get_args
+
+import pytest
+import yaml
+from pydantic import SecretStr
+
+from memory_engine.settings import Settings
+from memory_engine.tasknames import QUEUE_FLUSH, QUEUE_MAINTENANCE, QUEUE_SUMMARIZE, QUEUES
+from worker.flower_auth import configure_flower_auth
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
+APP_SERVICES = ("worker", "worker-summarize", "beat", "flower")
+# What an operator exports before `docker compose up` (see the file's header).
+SHELL_ENV = {"REDIS_PASSWORD": "redis-pw", "FLOWER_USER": "ops", "FLOWER_PASSWORD": "flower-pw"}
+
+_VAR = re.compile(r"\$\$|\$\{(\w+)(?:(:?[-?])([^}]*))?\}|\$(\w+)")
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's interpolation: ``${X}``, ``${X:-default}``, ``${X:?error}``, ``$$`` -> ``$``."""
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name = m.group(1) or m.group(4)
+        op, arg = m.group(2), m.group(3)
+        if env.get(name):
+            return env[name]
+        if op and op.endswith("?"):
+            raise KeyError(f"{name} is required: {arg}")
+        return arg if op and op.endswith("-") else ""
+
+    return _VAR.sub(sub, value)
+
+
+def service_env(name: str, shell: dict[str, str] = SHELL_ENV) -> dict[str, str]:
+    """The container environment: null values pass the shell's variable through, or nothing."""
+    env = SERVICES[name].get("environment") or {}
+    assert isinstance(env, dict), f"{name}: use the mapping form for environment"
+    resolved = {}
+    for key, value in env.items():
+        if value is None:
+            if key in shell:
+                resolved[key] = shell[key]
+        else:
+            resolved[key] = interpolate(str(value), shell)
+    return resolved
+
+
+def settings_for(name: str) -> Settings:
+    prefix = "MEMORY_"
+    fields = {
+        k[len(prefix) :].lower(): v for k, v in service_env(name).items() if k.startswith(prefix)
+    }
+    return Settings.model_validate(fields)
+
+
+def argv(name: str) -> list[str]:
+    command = SERVICES[name]["command"]
+    text = command if isinstance(command, str) else shlex.join(command)
+    return shlex.split(interpolate(text, SHELL_ENV))
+
+
+def option(args: list[str], flag: str) -> str | None:
+    for i, arg in enumerate(args):
+        if arg == flag:
+            return args[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def healthcheck_text(name: str) -> str:
+    test = SERVICES[name].get("healthcheck", {}).get("test")
+    assert test, f"{name} has no health check"
+    return interpolate(test if isinstance(test, str) else " ".join(test), {})
+
+
+def test_services_exist() -> None:
+    assert set(SERVICES) >= {"redis", *APP_SERVICES}
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_every_memory_variable_is_a_settings_field(name: str) -> None:
+    for key in SERVICES[name].get("environment") or {}:
+        if key.startswith("MEMORY_"):
+            field = key[len("MEMORY_") :].lower()
+            assert field in Settings.model_fields, f"{name}: {key} is not a Settings field"
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_environment_builds_settings_that_reach_redis_with_the_password(name: str) -> None:
+    settings = settings_for(name)
+    for dsn in (settings.redis_dsn(), settings.broker_dsn()):
+        assert dsn.startswith("redis://:redis-pw@redis:6379/"), dsn
+    assert settings.redis_dsn() != settings.broker_dsn(), "broker and memory data on their own DBs"
+    # The image's WORKDIR is /app and it copies config/: the resource files are there.
+    assert settings.resources_dir == Path("/app/config/resources")
+    assert list((ROOT / "config" / "resources").glob("*.yaml"))
+    with pytest.raises(KeyError, match="REDIS_PASSWORD"):
+        service_env(name, shell={})
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_secrets_come_from_the_environment_never_literals(name: str) -> None:
+    secret_fields = {
+        f for f, info in Settings.model_fields.items() if SecretStr in get_args(info.annotation)
+    }
+    for key, value in (SERVICES[name].get("environment") or {}).items():
+        if key.startswith("MEMORY_") and key[len("MEMORY_") :].lower() in secret_fields:
+            assert value is None or "${" in str(value), f"{name}: literal secret in {key}"
+
+
+def test_app_commands_are_celery_with_the_worker_app() -> None:
+    roles = {}
+    for name in APP_SERVICES:
+        args = argv(name)
+        assert args[:3] == ["celery", "-A", "worker"], f"{name}: {args}"
+        roles[name] = args[3]
+        assert SERVICES[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert roles == {
+        "worker": "worker",
+        "worker-summarize": "worker",
+        "beat": "beat",
+        "flower": "flower",
+    }
+
+
+def test_worker_queues_are_the_code_queues_and_each_has_a_consumer() -> None:
+    consumed: dict[str, set[str]] = {}
+    for name in ("worker", "worker-summarize"):
+        queues = option(argv(name), "-Q")
+        assert queues, f"{name} names its queues"
+        consumed[name] = set(queues.split(","))
+        assert consumed[name] <= set(QUEUES), f"{name}: unknown queue in {queues}"
+    assert consumed["worker"] == {QUEUE_FLUSH, QUEUE_MAINTENANCE}
+    assert consumed["worker-summarize"] == {QUEUE_SUMMARIZE}
+    assert set().union(*consumed.values()) == set(QUEUES)
+
+
+@pytest.mark.parametrize("name", ["worker", "worker-summarize"])
+def test_worker_health_check_pings_its_own_node(name: str) -> None:
+    node = option(argv(name), "-n")
+    assert node and node.endswith("@%h")
+    check = healthcheck_text(name)
+    assert "celery -A worker inspect ping" in check
+    # Celery's %h is the host name, which is $HOSTNAME inside the container.
+    assert f"-d {node.replace('%h', '$HOSTNAME')}" in check
+
+
+def test_beat_runs_redbeat_from_the_app_config() -> None:
+    from worker.app import create_app
+
+    assert create_app(settings_for("beat")).conf.beat_scheduler == "redbeat.RedBeatScheduler"
+    assert option(argv("beat"), "-S") in (None, "redbeat.RedBeatScheduler")
+
+
+def test_redis_persists_requires_a_password_and_never_evicts() -> None:
+    redis = SERVICES["redis"]
+    assert str(redis["image"]).startswith("redis:7")
+    command = " ".join(redis["command"]) if isinstance(redis["command"], list) else redis["command"]
+    for setting in ("--appendonly yes", "--appendfsync everysec", "--maxmemory-policy noeviction"):
+        assert setting in command
+    assert '--requirepass "$$REDIS_PASSWORD"' in command
+    assert service_env("redis")["REDIS_PASSWORD"] == "redis-pw"
+    with pytest.raises(KeyError):
+        service_env("redis", shell={})
+    assert "REDISCLI_AUTH" in healthcheck_text("redis") and "ping" in healthcheck_text("redis")
+    assert any(v.endswith(":/data") for v in redis["volumes"]), "AOF files on a volume"
+
+
+def test_flower_has_basic_auth_from_settings() -> None:
+    settings = settings_for("flower")
+    assert not settings.flower_unauthenticated_dev
+    environ: dict[str, str] = {}
+    configure_flower_auth(settings, argv("flower")[1:], environ)
+    assert environ == {"FLOWER_BASIC_AUTH": "ops:flower-pw"}
+    with pytest.raises(KeyError, match="FLOWER_PASSWORD"):
+        service_env("flower", shell={"REDIS_PASSWORD": "x", "FLOWER_USER": "ops"})
+    assert option(argv("flower"), "--port") == "5555"
+    assert any(str(p).endswith(":5555") for p in SERVICES["flower"]["ports"])
+    assert "/healthcheck" in healthcheck_text("flower")
+    for name in set(APP_SERVICES) - {"flower"}:
+        assert "MEMORY_FLOWER_PASSWORD" not in service_env(name), f"{name} gets no Flower secret"
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_every_service_has_a_health_check(name: str) -> None:
+    assert healthcheck_text(name)
+
+
+def test_dockerfile_installs_the_whole_project() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    lines = [line.strip() for line in dockerfile.splitlines()]
+    assert "FROM python:3.11-slim" in lines
+    assert re.search(r"^RUN pip install \.(\s|$)", dockerfile, re.MULTILINE)
+    copied: set[str] = set()
+    for line in lines:
+        if line.startswith("COPY "):
+            copied.update(p.rstrip("/") for p in line.split()[1:-1])
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    setuptools = project["tool"]["setuptools"]
+    needed = {p.rstrip("*") for p in setuptools["packages"]["find"]["include"]}
+    needed |= {f"{m}.py" for m in setuptools.get("py-modules", [])}
+    needed |= {"pyproject.toml", project["project"]["readme"]}
+    assert needed <= copied, f"not copied into the image: {needed - copied}"
+    assert "WORKDIR /app" in lines
