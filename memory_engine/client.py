@@ -31,6 +31,7 @@ from memory_engine.tokens import TokenCounter, counter_for
 if TYPE_CHECKING:
     from memory_engine.flush import FlushResult
     from memory_engine.summarizers import Summarizer
+    from memory_engine.token_providers import TokenCounters
 
 __all__ = ["Memory", "MemoryClient"]
 
@@ -63,6 +64,8 @@ class MemoryClient:
         self.producer = producer or TaskProducer(self.settings)
         self._redactors: dict[str, Redactor] = {}
         self._summarizer: Summarizer | None = summarizer
+        self._owns_summarizer = summarizer is None
+        self._token_counters: TokenCounters | None = None
         metrics.configure(self.settings)
 
     @classmethod
@@ -118,11 +121,9 @@ class MemoryClient:
         # Built lazily so clients of resources without a provider never load the HTTP machinery.
         from memory_engine.token_providers import TokenCounters
 
-        counters: TokenCounters | None = self.__dict__.get("_token_counters")
-        if counters is None:
-            fresh = TokenCounters(self.settings, self.redis)
-            counters = self.__dict__.setdefault("_token_counters", fresh)
-        return counters.counter_for(resource)
+        if self._token_counters is None:
+            self._token_counters = TokenCounters(self.settings, self.redis)
+        return self._token_counters.counter_for(resource)
 
     @property
     def summarizer(self) -> Summarizer:
@@ -136,6 +137,12 @@ class MemoryClient:
         return self._summarizer
 
     def close(self) -> None:
+        """Release what this client built: HTTP clients, the producer, the Redis pool."""
+        if self._token_counters is not None:
+            self._token_counters.close()
+        close_summarizer = getattr(self._summarizer, "close", None)
+        if self._owns_summarizer and callable(close_summarizer):
+            close_summarizer()
         if self._owns_producer:
             self.producer.close()
         if self._owns_redis:
