@@ -85,7 +85,6 @@ BREAKER_NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.@:\-]{0,199}$")
 REDIS_RETRY_INTERVAL_S = 1.0
 """While Redis is unreachable, a breaker tries it again at most this often (else: local state)."""
 
-_INDEX_SUFFIX = "_index"  # cannot collide with a breaker: names start with a letter
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.@:\-]")
 
 
@@ -184,11 +183,11 @@ class _StateListener(pybreaker.CircuitBreakerListener):
 
 
 def _breaker_key(keyspace: KeySpace, name: str) -> str:
-    return f"{keyspace.breaker_prefix}{name}"
+    return keyspace.breaker(name)
 
 
 def _index_key(keyspace: KeySpace) -> str:
-    return f"{keyspace.breaker_prefix}{_INDEX_SUFFIX}"
+    return keyspace.breaker_index
 
 
 def _text(value: Any) -> str | None:

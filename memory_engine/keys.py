@@ -9,10 +9,11 @@ hash tag, so the per-memory scripts touch one slot.
 Key                                    Type    Contents
 =====================================  ======  ==============================================
 ``<p>:{<memory id>}:msgs``             LIST    JSON messages, oldest first; each has ``seq``
-``<p>:{<memory id>}:meta``             HASH    message_count, token_count, seq (last),
-                                               epoch, created_at, updated_at, resource_id,
-                                               flushed, summarized, evicted, cleared,
-                                               replaced, last_flush_at, ttl_ms
+``<p>:{<memory id>}:meta``             HASH    message_count, token_count, system_count,
+                                               seq (last), epoch, created_at, updated_at,
+                                               resource_id, summary_tokens, flushed,
+                                               summarized, evicted, cleared, replaced,
+                                               last_flush_at, ttl_ms
 ``<p>:{<memory id>}:summary``          HASH    text, token_count, summary_point, covered,
                                                source, updated_at
 ``<p>:{<memory id>}:used``             ZSET    seq -> last use time (LRU strategies only)
@@ -21,6 +22,8 @@ Key                                    Type    Contents
 ``<p>:idx:expiry``                     ZSET    memory id -> unix time its keys expire
 ``<p>:idx:access``                     ZSET    memory id -> unix time of last write
 ``<p>:idx:pending``                    ZSET    memory id -> unix time a flush was requested
+``<p>:breaker:<name>``                 HASH    a circuit breaker's shared state
+``<p>:breaker:_index``                 SET     names of every breaker (no SCAN needed)
 ``<p>:beat:``                          --      prefix for celery-redbeat's keys
 =====================================  ======  ==============================================
 
@@ -90,6 +93,12 @@ class KeySpace:
         self.beat_schedule = f"{self.beat_prefix}:schedule"
         self.beat_lock = f"{self.beat_prefix}:lock"
         self.breaker_prefix = f"{prefix}:breaker:"
+        # "_index" cannot collide with a breaker: breaker names start with a letter.
+        self.breaker_index = f"{self.breaker_prefix}_index"
+
+    def breaker(self, name: str) -> str:
+        """The HASH holding one circuit breaker's shared state."""
+        return f"{self.breaker_prefix}{name}"
 
     def memory(self, memory_id: str) -> MemoryKeys:
         tag = f"{self.prefix}:{{{memory_id}}}"
