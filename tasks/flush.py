@@ -7,12 +7,22 @@ from typing import Any
 
 from celery import shared_task
 
-from memory_engine.flush import FlushResult, evict_memory, flush_memory
+from memory_engine.flush import FlushResult, FlushStatus, evict_memory, flush_memory
 from memory_engine.strategies.base import FlushPlan
 from memory_engine.tasknames import TASK_EVICT, TASK_FLUSH, TASK_SUMMARIZE
 from tasks.runtime import EngineTask, engine_client
 
 log = logging.getLogger(__name__)
+
+LOCKED_RETRY_S = 1.0  # first retry of a flush that found the memory's lock held; grows linearly
+
+
+def _retry_if_locked(task: Any, result: FlushResult) -> None:
+    """A flush that found the lock held must not just end: the holder may already have cleared
+    the flush marker that requested this run, and the marker would then block every flush of the
+    memory until its TTL. Retrying is safe: a flush with nothing left to do is a no-op."""
+    if result.status is FlushStatus.ALREADY_RUNNING:
+        raise task.retry(countdown=LOCKED_RETRY_S * (task.request.retries + 1))
 
 
 class FlushTask(EngineTask):  # type: ignore[misc]
@@ -51,6 +61,7 @@ def flush(
         )
 
     result: FlushResult = flush_memory(memory, strategy=strategy, hand_off=hand_off)
+    _retry_if_locked(self, result)
     return result.model_dump(mode="json", exclude={"would_remove"})
 
 
@@ -68,6 +79,7 @@ def summarize(
     self.update_state(state="SUMMARIZING", meta=progress)
     self.send_event("task-summarizing", **progress)
     result = flush_memory(memory, strategy=strategy)
+    _retry_if_locked(self, result)
     return result.model_dump(mode="json", exclude={"would_remove"})
 
 

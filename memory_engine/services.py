@@ -1,0 +1,557 @@
+"""Service processes for ``memory-engine demo`` and ``up``: an embedded Redis and the
+``celery -A worker`` worker, Beat and Flower subprocesses, stopped so that nothing is left behind.
+
+The library never imports the service packages (``worker``, ``tasks``, ``config``): they run as
+``python -m celery -A worker ...`` subprocesses whose working directory is the directory that holds
+this installation's ``worker`` package, so a project's own ``worker`` module cannot shadow it.
+
+Every child starts in its own session (its own process group): a terminal's Ctrl-C reaches only
+the CLI, which then stops the children in order (Flower, Beat, worker, Redis), each with SIGTERM to
+its whole group (the worker's pool children included), then SIGKILL after a timeout. On Linux a
+child also gets ``PR_SET_PDEATHSIG``, so it is told to stop even if the CLI itself is SIGKILLed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any, TextIO
+
+from pydantic import SecretStr
+
+from memory_engine.embedded_redis import EmbeddedRedis
+from memory_engine.errors import ConfigError, MemoryEngineError
+from memory_engine.settings import Settings
+from memory_engine.tasknames import QUEUES
+
+__all__ = [
+    "ManagedProcess",
+    "ServiceError",
+    "Services",
+    "ShutdownRequested",
+    "celery_argv",
+    "describe",
+    "flower_credentials",
+    "pid_alive",
+    "redact_url",
+    "resolve_resources_dir",
+    "service_root",
+    "settings_env",
+    "shutdown_on_signals",
+    "worker_args",
+]
+
+log = logging.getLogger(__name__)
+
+WORKER_STOP_TIMEOUT_S = 25.0  # above the worker's soft shutdown (10 s): a warm stop finishes tasks
+SERVICE_STOP_TIMEOUT_S = 10.0
+KILL_WAIT_S = 5.0
+WORKER_READY_TIMEOUT_S = 60.0
+PING_TIMEOUT_S = 1.0
+LOG_TAIL_BYTES = 4000
+DEFAULT_WORKER_CONCURRENCY = 2
+_PR_SET_PDEATHSIG = 1
+
+
+class ServiceError(MemoryEngineError):
+    """A service process could not start, died, or did not become ready in time."""
+
+
+class ShutdownRequested(BaseException):
+    """Raised in the main thread on SIGTERM/SIGHUP so ``finally`` blocks stop the services."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"received signal {signal.Signals(signum).name}")
+
+
+@contextlib.contextmanager
+def shutdown_on_signals(
+    signals: Sequence[int] = (signal.SIGTERM, signal.SIGHUP),
+) -> Iterator[None]:
+    """Turn ``signals`` into :class:`ShutdownRequested` while the block runs (main thread only)."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise ShutdownRequested(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def service_root() -> Path:
+    """The directory holding this installation's ``worker`` package (the repo root when run from
+    a checkout, ``site-packages`` when installed). Found without importing ``worker``."""
+    root = Path(__file__).resolve().parent.parent
+    if (root / "worker" / "__init__.py").is_file():
+        return root
+    import importlib.util
+
+    spec = importlib.util.find_spec("worker")  # locates only; nothing is imported
+    if spec is None or spec.origin is None:
+        raise ConfigError(
+            "the service package 'worker' is not installed next to memory_engine; "
+            "install the memory-engine distribution (pip install memory-engine)"
+        )
+    return Path(spec.origin).resolve().parent.parent
+
+
+def resolve_resources_dir(settings: Settings) -> Settings:
+    """Settings with an absolute ``resources_dir``, so children started elsewhere find it.
+
+    A relative directory is taken from the working directory when it exists there, else from
+    the service root, so the default ``config/resources`` finds the shipped resources when the
+    CLI runs outside a checkout.
+    """
+    path = Path(settings.resources_dir)
+    if path.is_absolute():
+        return settings
+    if not path.is_dir():
+        shipped = service_root() / path
+        if shipped.is_dir():
+            return settings.replace(resources_dir=shipped)
+    return settings.replace(resources_dir=path.resolve())
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``MEMORY_*`` variables that rebuild ``settings`` in another process (secrets included:
+    they go to our own children only). Fields that are None are left out; ``resources_dir`` is
+    made absolute, as children run in another directory."""
+    env: dict[str, str] = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            text = value.get_secret_value()
+        elif isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, Path):
+            text = str(value.resolve())
+        else:
+            text = str(value)
+        env[f"MEMORY_{name.upper()}"] = text
+    return env
+
+
+def celery_argv(command: str, *args: str) -> list[str]:
+    """``python -m celery -A worker <command> <args>`` with this interpreter."""
+    return [sys.executable, "-m", "celery", "-A", "worker", command, *args]
+
+
+def worker_args(
+    *,
+    queues: Sequence[str] = QUEUES,
+    concurrency: int = DEFAULT_WORKER_CONCURRENCY,
+    loglevel: str = "WARNING",
+    nodename: str | None = None,
+) -> list[str]:
+    args = ["-Q", ",".join(queues), "-c", str(concurrency), f"--loglevel={loglevel}"]
+    if nodename:
+        args += ["-n", nodename]
+    return args
+
+
+def pid_alive(pid: int) -> bool:
+    """True if ``pid`` runs and is not a zombie (an exited child nobody reaped yet)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc: trust kill(0)
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    members = _group_members(pgid)
+    # killpg(0) also counts zombies; with /proc we can tell, without it assume alive.
+    return any(pid_alive(pid) for pid in members) if members is not None else True
+
+
+def _group_members(pgid: int) -> list[int] | None:
+    """Pids in process group ``pgid`` (Linux /proc); None where /proc is unavailable."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return None
+    members = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        # After the command name: state, ppid, pgrp, ...
+        if len(fields) > 2 and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return sorted(members)
+
+
+def _pdeathsig_preexec() -> Callable[[], None] | None:
+    """A preexec function asking Linux to TERM the child when its parent dies (best effort).
+
+    The libc function is resolved here, in the parent, so the child does nothing but one call.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    try:
+        prctl = ctypes.CDLL(name, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+    return preexec
+
+
+@dataclass
+class ManagedProcess:
+    """One service subprocess, leader of its own process group."""
+
+    name: str
+    argv: list[str]
+    popen: subprocess.Popen[bytes]
+    log_path: Path | None = None
+    stop_timeout_s: float = SERVICE_STOP_TIMEOUT_S
+    _log_file: TextIO | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def pids(self) -> list[int]:
+        """The leader and every live member of its process group (e.g. a worker's pool)."""
+        members = _group_members(self.pid) or []
+        return sorted({self.pid, *members})
+
+    def log_tail(self, limit: int = LOG_TAIL_BYTES) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        data = self.log_path.read_bytes()[-limit:]
+        return data.decode("utf-8", "replace")
+
+    def stop(self, timeout_s: float | None = None) -> int | None:
+        """SIGTERM the group, wait, then SIGKILL whatever is left. Returns the leader's code."""
+        timeout = self.stop_timeout_s if timeout_s is None else timeout_s
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop within %.0f s; killing it", self.name, timeout)
+        # The leader may be gone while its pool children linger: sweep the whole group.
+        deadline = time.monotonic() + KILL_WAIT_S
+        while _group_alive(self.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGKILL)
+            if time.monotonic() > deadline:
+                log.error("process group of %s (%d) survived SIGKILL", self.name, self.pid)
+                break
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(0.05)
+        code = self.popen.poll()
+        if code is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = self.popen.wait(KILL_WAIT_S)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        return code
+
+
+class Services:
+    """Starts and stops the service processes of one CLI run. Use as a context manager.
+
+    ``log_dir`` set: each child writes to ``<log_dir>/<name>.log`` (the demo keeps the terminal
+    for its report); unset: children write to this process's stderr (``up``, where operators
+    read the logs), leaving stdout to the CLI.
+    """
+
+    def __init__(self, settings: Settings, *, log_dir: Path | None = None) -> None:
+        self.settings = settings
+        self.log_dir = log_dir
+        self.redis: EmbeddedRedis | None = None
+        self.processes: list[ManagedProcess] = []
+        self.extra_env: dict[str, str] = {}
+        self._preexec = _pdeathsig_preexec()
+
+    # ---- Redis ---------------------------------------------------------------------------
+
+    def ensure_redis(self) -> Settings:
+        """Start an embedded Redis when ``MEMORY_REDIS_URL`` is unset; returns the settings every
+        child and the CLI use from now on (the embedded URL filled in)."""
+        if self.settings.redis_url is not None:
+            self._check_reachable()
+            return self.settings
+        data_dir = self.log_dir / "redis" if self.log_dir is not None else None
+        if data_dir is not None:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        self.redis = EmbeddedRedis(data_dir=data_dir).start()
+        self.settings = self.settings.replace(redis_url=self.redis.url)
+        return self.settings
+
+    def _check_reachable(self) -> None:
+        """Fail fast (:class:`StoreUnavailable`) when the configured Redis or a Redis broker does
+        not answer, instead of starting services that would retry forever."""
+        from urllib.parse import urlsplit
+
+        import redis
+
+        from memory_engine.store import translate_errors
+
+        urls = {self.settings.redis_dsn(), self.settings.broker_dsn()}
+        for url in sorted(u for u in urls if urlsplit(u).scheme in ("redis", "rediss", "unix")):
+            timeout_s = self.settings.socket_connect_timeout_s
+            client = redis.Redis.from_url(
+                url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+            )
+            try:
+                with translate_errors(f"start-up ({redact_url(url)})"):
+                    client.ping()
+            finally:
+                client.close()
+
+    # ---- children ------------------------------------------------------------------------
+
+    def child_env(self) -> dict[str, str]:
+        """The environment of every service child: ours, with every settings field written out as
+        its ``MEMORY_*`` variable, so each child builds exactly the settings this run uses."""
+        env = dict(os.environ)
+        env.update(settings_env(self.settings))
+        for name in Settings.model_fields:
+            if getattr(self.settings, name) is None:
+                env.pop(f"MEMORY_{name.upper()}", None)
+        root = str(service_root())
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+        # Logs reach the file or terminal as written, not when a buffer fills or the child exits.
+        env["PYTHONUNBUFFERED"] = "1"
+        env.update(self.extra_env)
+        return env
+
+    def start(
+        self, name: str, argv: list[str], *, stop_timeout_s: float = SERVICE_STOP_TIMEOUT_S
+    ) -> ManagedProcess:
+        log_path: Path | None = None
+        log_file: TextIO | None = None
+        if self.log_dir is not None:
+            log_path = self.log_dir / f"{name}.log"
+            log_file = log_path.open("a", encoding="utf-8")
+        try:
+            popen = subprocess.Popen(
+                argv,
+                cwd=service_root(),
+                env=self.child_env(),
+                stdin=subprocess.DEVNULL,
+                # Without a log file, children write to our stderr: stdout stays the CLI's own
+                # (``up --json`` prints JSON Lines there).
+                stdout=log_file if log_file is not None else sys.stderr.fileno(),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                # Resolved before fork: the child runs one prctl call and nothing else.
+                preexec_fn=self._preexec,
+            )
+        except OSError as exc:
+            if log_file is not None:
+                log_file.close()
+            raise ServiceError(f"could not start {name}: {exc}") from exc
+        proc = ManagedProcess(name, argv, popen, log_path, stop_timeout_s, log_file)
+        self.processes.append(proc)
+        log.info("started %s (pid %d)", name, popen.pid)
+        return proc
+
+    def start_worker(
+        self,
+        *,
+        nodename: str | None = None,
+        concurrency: int = DEFAULT_WORKER_CONCURRENCY,
+        loglevel: str = "WARNING",
+    ) -> ManagedProcess:
+        args = worker_args(concurrency=concurrency, loglevel=loglevel, nodename=nodename)
+        return self.start(
+            "worker", celery_argv("worker", *args), stop_timeout_s=WORKER_STOP_TIMEOUT_S
+        )
+
+    def start_beat(self, *, loglevel: str = "WARNING") -> ManagedProcess:
+        # The RedBeat scheduler is configured in config/celery.py; saying it again here keeps a
+        # stray celerybeat-schedule file out of the working directory if that ever changes.
+        argv = celery_argv("beat", "-S", "redbeat.RedBeatScheduler", f"--loglevel={loglevel}")
+        return self.start("beat", argv)
+
+    def start_flower(
+        self, *, port: int, address: str = "127.0.0.1", loglevel: str = "WARNING"
+    ) -> ManagedProcess:
+        argv = celery_argv("flower", f"--address={address}", f"--port={port}")
+        argv.append(f"--logging={loglevel.lower()}")
+        return self.start("flower", argv)
+
+    # ---- readiness and liveness ------------------------------------------------------------
+
+    def wait_for_worker(
+        self, worker: ManagedProcess, nodename: str, timeout_s: float = WORKER_READY_TIMEOUT_S
+    ) -> None:
+        """Wait until ``nodename`` answers a Celery control ping; fail fast if it exits."""
+        from memory_engine.producer import TaskProducer
+
+        producer = TaskProducer(self.settings)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                if not worker.alive():
+                    raise ServiceError(
+                        f"worker exited with code {worker.popen.returncode} before it was "
+                        f"ready{self._tail(worker)}"
+                    )
+                replies = producer.app.control.ping(destination=[nodename], timeout=PING_TIMEOUT_S)
+                if any(nodename in reply for reply in replies or []):
+                    return
+                if time.monotonic() > deadline:
+                    raise ServiceError(
+                        f"worker {nodename} did not answer a ping within {timeout_s:.0f} s"
+                        f"{self._tail(worker)}"
+                    )
+        finally:
+            producer.close()
+
+    def wait_for_port(
+        self, proc: ManagedProcess, port: int, timeout_s: float = WORKER_READY_TIMEOUT_S
+    ) -> None:
+        """Wait until ``proc`` listens on loopback ``port`` (Flower)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if not proc.alive():
+                raise ServiceError(
+                    f"{proc.name} exited with code {proc.popen.returncode}{self._tail(proc)}"
+                )
+            with socket.socket() as s:
+                s.settimeout(0.2)
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    return
+            if time.monotonic() > deadline:
+                raise ServiceError(f"{proc.name} did not listen on port {port}{self._tail(proc)}")
+            time.sleep(0.1)
+
+    def dead(self) -> list[ManagedProcess]:
+        """Children that exited although nobody stopped them."""
+        return [p for p in self.processes if not p.alive()]
+
+    def pids(self) -> dict[str, list[int]]:
+        """Every pid this run started, by service (a worker's pool children included)."""
+        out = {p.name: p.pids() for p in self.processes}
+        if self.redis is not None and self.redis.proc is not None:
+            out["redis"] = [self.redis.proc.pid]
+        return out
+
+    @staticmethod
+    def _tail(proc: ManagedProcess) -> str:
+        tail = proc.log_tail()
+        return f"; last log lines of {proc.log_path}:\n{tail}" if tail else ""
+
+    # ---- shutdown --------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop children newest first (Flower, Beat, worker), then the embedded Redis last, so a
+        worker finishing its tasks can still reach it. Safe to call twice."""
+        while self.processes:
+            proc = self.processes.pop()
+            try:
+                proc.stop()
+            except Exception:  # keep stopping the others
+                log.exception("could not stop %s (pid %d)", proc.name, proc.pid)
+        if self.redis is not None:
+            self.redis.cleanup()
+            self.redis = None
+
+    def __enter__(self) -> Services:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # A second Ctrl-C or SIGTERM during shutdown must not leave children behind: stopping is
+        # bounded by its timeouts, so finish it first.
+        in_main = threading.current_thread() is threading.main_thread()
+        ignored = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in ignored} if in_main else {}
+        try:
+            self.stop()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def flower_credentials(settings: Settings, services: Services, user: str) -> dict[str, Any]:
+    """How Flower authenticates in this run: configured credentials (password not repeated), the
+    explicit development flag (none), else a generated password for ``user``, passed to the
+    Flower child through ``MEMORY_FLOWER_*`` and returned so the CLI can print it once."""
+    if settings.flower_user and settings.flower_password:
+        return {"user": settings.flower_user, "password": "(MEMORY_FLOWER_PASSWORD)"}
+    if settings.flower_unauthenticated_dev:
+        return {"user": None, "password": None}
+    import secrets
+
+    password = secrets.token_urlsafe(12)
+    services.extra_env.update(MEMORY_FLOWER_USER=user, MEMORY_FLOWER_PASSWORD=password)
+    return {"user": user, "password": password}
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced, for printing."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def describe(services: Services) -> dict[str, Any]:
+    """A JSON-ready description of the running services."""
+    return {
+        "redis_url": redact_url(services.settings.redis_dsn()),
+        "embedded_redis": services.redis is not None,
+        "redis_port": services.redis.port if services.redis is not None else None,
+        "pids": services.pids(),
+    }
