@@ -7,7 +7,7 @@ import sys
 from functools import partial
 
 from celery import Celery
-from celery.signals import setup_logging
+from celery.signals import setup_logging, worker_process_init
 
 from beat_schedule import build_beat_schedule
 from config.celery import build_celery_config
@@ -29,6 +29,10 @@ def create_app(settings: Settings | None = None) -> Celery:
     setup_logging.connect(
         partial(configure_logging, settings), weak=False, dispatch_uid="memory-engine-logging"
     )
+    # Prefork children load the client and tokenizers at start, not on their first task.
+    from tasks.runtime import warm_up
+
+    worker_process_init.connect(warm_up, weak=False, dispatch_uid="memory-engine-warm-up")
     return celery_app
 
 
