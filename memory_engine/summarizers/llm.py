@@ -19,12 +19,12 @@ import time
 from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Self
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from pydantic import SecretStr
 
 from memory_engine.errors import SummarizerError
+from memory_engine.http import HttpCallError, post_json_bounded, safe_url
 from memory_engine.settings import DEFAULT_SUMMARIZER_TIMEOUT_S
 from memory_engine.summarizers.base import SummaryText, check_summary_text, has_content
 from memory_engine.summarizers.prompt import Prompt, build_prompt
@@ -49,16 +49,6 @@ ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_TIMEOUT_S = DEFAULT_SUMMARIZER_TIMEOUT_S
 MAX_RESPONSE_BYTES = 1024 * 1024
 _ERROR_BODY_CHARS = 200
-
-
-def safe_url(url: str) -> str:
-    """``url`` without user info (``https://user:secret@host`` -> ``https://host``)."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 class _HTTPSummarizer:
@@ -153,36 +143,19 @@ class _HTTPSummarizer:
 
     def _post(self, body: dict[str, Any]) -> Any:
         started = time.monotonic()
-        deadline = started + self.timeout_s
         where = safe_url(self._url)
         try:
-            with self._client.stream("POST", self._url, json=body, headers=self._headers()) as resp:
-                raw = bytearray()
-                for chunk in resp.iter_bytes():
-                    raw += chunk
-                    if len(raw) > MAX_RESPONSE_BYTES:
-                        raise SummarizerError(
-                            f"{self.name} summarizer: response from {where} exceeds "
-                            f"{MAX_RESPONSE_BYTES} bytes"
-                        )
-                    if time.monotonic() > deadline:
-                        raise SummarizerError(
-                            f"{self.name} summarizer: {where} did not finish within "
-                            f"{self.timeout_s}s"
-                        )
-                status = resp.status_code
-        except httpx.TimeoutException as exc:
-            raise SummarizerError(
-                f"{self.name} summarizer: timed out after {self.timeout_s}s calling {where} "
-                f"({type(exc).__name__})"
-            ) from exc
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            raise SummarizerError(
-                f"{self.name} summarizer: request to {where} failed: {type(exc).__name__}: "
-                f"{self._scrub(str(exc))}"
-            ) from exc
+            status, text = post_json_bounded(
+                self._client,
+                self._url,
+                body=body,
+                headers=self._headers(),
+                timeout_s=self.timeout_s,
+                max_bytes=MAX_RESPONSE_BYTES,
+            )
+        except HttpCallError as exc:
+            raise SummarizerError(f"{self.name} summarizer: {self._scrub(str(exc))}") from exc
         elapsed = time.monotonic() - started
-        text = bytes(raw).decode("utf-8", errors="replace")
         if status >= 400:
             raise SummarizerError(
                 f"{self.name} summarizer: HTTP {status} from {where}: "

@@ -23,13 +23,13 @@ import hashlib
 import json
 import os
 import threading
-import time
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import httpx
 from cachetools import LRUCache
 
+from memory_engine.http import HttpCallError, post_json_bounded, safe_url
 from memory_engine.token_providers.base import TokenProviderError, TokenSource
 
 if TYPE_CHECKING:
@@ -55,16 +55,6 @@ _DIGEST_BYTES = 16
 _CALIBRATION_TEXT = "."  # one token in any BPE vocabulary
 # Hosts that never answer without a key: calling them keyless would only burn the breaker.
 _KEYED_HOSTS = frozenset({"api.anthropic.com"})
-
-
-def _safe_url(url: str) -> str:
-    """``url`` without user info."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 class AnthropicTokenCounter:
@@ -96,7 +86,7 @@ class AnthropicTokenCounter:
         self.timeout_s = timeout_s
         self.breaker = breaker
         self._url = base + ANTHROPIC_COUNT_PATH
-        self._where = _safe_url(self._url)
+        self._where = safe_url(self._url)
         self._needs_key = urlsplit(base).hostname in _KEYED_HOSTS
         self._client = httpx.Client(timeout=httpx.Timeout(timeout_s), follow_redirects=False)
         self._cache: LRUCache[bytes, int] = LRUCache(maxsize=max(1, cache_size))
@@ -106,7 +96,7 @@ class AnthropicTokenCounter:
     def __repr__(self) -> str:
         # The variable's name is configuration, not a secret; its value never appears.
         return (
-            f"AnthropicTokenCounter(endpoint={_safe_url(self.endpoint)!r}, model={self.model!r}, "
+            f"AnthropicTokenCounter(endpoint={safe_url(self.endpoint)!r}, model={self.model!r}, "
             f"api_key_env={self.api_key_env!r}, timeout_s={self.timeout_s:g})"
         )
 
@@ -172,34 +162,17 @@ class AnthropicTokenCounter:
         if key:
             headers["x-api-key"] = key
         body = {"model": self.model, "messages": [{"role": "user", "content": text}]}
-        deadline = time.monotonic() + self.timeout_s
         try:
-            with self._client.stream("POST", self._url, json=body, headers=headers) as resp:
-                raw = bytearray()
-                for chunk in resp.iter_bytes():
-                    raw += chunk
-                    if len(raw) > MAX_COUNT_RESPONSE_BYTES:
-                        raise TokenProviderError(
-                            f"anthropic token count: reply from {self._where} exceeds "
-                            f"{MAX_COUNT_RESPONSE_BYTES} bytes"
-                        )
-                    if time.monotonic() > deadline:
-                        raise TokenProviderError(
-                            f"anthropic token count: {self._where} did not finish within "
-                            f"{self.timeout_s:g}s"
-                        )
-                status = resp.status_code
-        except httpx.TimeoutException as exc:
-            raise TokenProviderError(
-                f"anthropic token count: timed out after {self.timeout_s:g}s calling "
-                f"{self._where} ({type(exc).__name__})"
-            ) from exc
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            raise TokenProviderError(
-                f"anthropic token count: request to {self._where} failed: "
-                f"{type(exc).__name__}: {_scrub(str(exc), key)}"
-            ) from exc
-        reply = bytes(raw).decode("utf-8", errors="replace")
+            status, reply = post_json_bounded(
+                self._client,
+                self._url,
+                body=body,
+                headers=headers,
+                timeout_s=self.timeout_s,
+                max_bytes=MAX_COUNT_RESPONSE_BYTES,
+            )
+        except HttpCallError as exc:
+            raise TokenProviderError(f"anthropic token count: {_scrub(str(exc), key)}") from exc
         if status >= 400:
             raise TokenProviderError(
                 f"anthropic token count: HTTP {status} from {self._where}: "
