@@ -35,7 +35,7 @@ from memory_engine.keys import (
     render_key,
     validate_key,
 )
-from memory_engine.messages import coerce_message
+from memory_engine.messages import Message, coerce_message
 from memory_engine.registry import load_resource_file
 from memory_engine.resources import MAX_REPEAT_SPLITS, check_redact_pattern, parse_resource
 from memory_engine.settings import Settings
@@ -225,7 +225,7 @@ def test_redacted_payloads_are_stored_redacted_or_refused(
         assert raw_state(memory) == before
         return
     stored = strict_json(raw_state(memory)[0][-1])
-    assert SECRET.search(stored["content"]) is None
+    assert SECRET.search(Message.from_wire(json.dumps(stored)).content) is None
 
 
 # --- resource YAML --------------------------------------------------------------------------------

@@ -393,8 +393,8 @@ def test_the_client_counts_appends_with_the_provider(
         memory = client.memory(resource.id, {"workflow": {"input": {"conv": "c1"}}})
         result = memory.append({"role": "user", "content": TEXT})
         assert result.token_count == 5 + MESSAGE_OVERHEAD_TOKENS
-        stored = json.loads(redis_client.lindex(memory.keys.msgs, 0) or b"{}")
-        assert stored["token_count"] == 5 + MESSAGE_OVERHEAD_TOKENS
+        stored = Message.from_wire(redis_client.lindex(memory.keys.msgs, 0) or b"{}")
+        assert stored.token_count == 5 + MESSAGE_OVERHEAD_TOKENS
         llm_server.mode = "error500"  # the append still succeeds, counted by tiktoken
         result = memory.append({"role": "assistant", "content": TEXT + " today"})
         local = LOCAL.count_text(TEXT + " today") + MESSAGE_OVERHEAD_TOKENS

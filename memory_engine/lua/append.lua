@@ -14,7 +14,7 @@
 -- ARGV[6] marker_ttl_ms   TTL of the flush marker (bounds a lost task)
 -- ARGV[7] n               number of messages
 -- ARGV[8] n_system        how many of them are system messages (context() finds them by count)
--- ARGV[9 .. 8+2n]         pairs: body (JSON object without "seq", starts with '{'), token_count
+-- ARGV[9 .. 8+2n]         pairs: body (JSON object without "s" (seq), starts with '{'), token_count
 --
 -- Returns {first_seq, last_seq, message_count, token_count, flush, epoch} where flush is
 -- 0 below the threshold, 1 when this append set the flush marker (the caller enqueues a flush),
@@ -30,8 +30,8 @@ local batch = {}
 for i = 1, n do
   local body = ARGV[7 + 2 * i]
   tokens = tokens + tonumber(ARGV[8 + 2 * i])
-  -- splice "seq" in as the first field: '{"seq":N,' .. rest of the body after '{'
-  batch[#batch + 1] = '{"seq":' .. (first + i - 1) .. ',' .. string.sub(body, 2)
+  -- splice seq in as the first field: '{"s":N,' .. rest of the body after '{'
+  batch[#batch + 1] = '{"s":' .. (first + i - 1) .. ',' .. string.sub(body, 2)
   if #batch == 512 then
     redis.call('RPUSH', KEYS[1], unpack(batch))
     batch = {}

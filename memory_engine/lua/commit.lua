@@ -49,7 +49,7 @@ local dropped, summarized, tokens = 0, 0, 0
 local prefix = true
 local removed_seqs = {}
 for i, raw in ipairs(items) do
-  local s, t = string.match(raw, '^{"seq":(%d+),"token_count":(%d+)')
+  local s, t = string.match(raw, '^{"s":(%d+),"t":(%d+)')
   local k = kind[tonumber(s)]
   if k then
     removed_idx[#removed_idx + 1] = i - 1
@@ -65,7 +65,7 @@ if removed > 0 then
   if prefix then
     redis.call('LTRIM', KEYS[1], removed, -1)
   else
-    -- A tombstone can never equal a stored message: those all start with '{"seq":'.
+    -- A tombstone can never equal a stored message: those all start with '{"s":'.
     for _, idx in ipairs(removed_idx) do
       redis.call('LSET', KEYS[1], idx, '~tomb~')
     end

@@ -11,12 +11,12 @@
 local items = redis.call('LRANGE', KEYS[1], 0, -1)
 local count, tokens, systems, maxseq = #items, 0, 0, 0
 for _, raw in ipairs(items) do
-  local s, t = string.match(raw, '^{"seq":(%d+),"token_count":(%d+)')
+  local s, t = string.match(raw, '^{"s":(%d+),"t":(%d+)')
   if s then
     tokens = tokens + tonumber(t)
     if tonumber(s) > maxseq then maxseq = tonumber(s) end
   end
-  if string.match(raw, '^{"seq":%d+,"token_count":%d+,"role":"system"') then
+  if string.match(raw, '^{"s":%d+,"t":%d+,"r":"system"') then
     systems = systems + 1
   end
 end

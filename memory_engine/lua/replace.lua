@@ -10,7 +10,7 @@
 -- ARGV[3] ttl_ms   TTL for a memory that does not exist yet (an existing one keeps its TTL)
 -- ARGV[4] n
 -- ARGV[5] n_system
--- ARGV[6 .. 5+2n]  pairs: body (JSON without "seq"), token_count
+-- ARGV[6 .. 5+2n]  pairs: body (JSON without "s" (seq)), token_count
 --
 -- Returns {message_count, token_count, epoch, first_seq, last_seq}
 
@@ -30,7 +30,7 @@ local tokens = 0
 local batch = {}
 for i = 1, n do
   tokens = tokens + tonumber(ARGV[5 + 2 * i])
-  batch[#batch + 1] = '{"seq":' .. (first + i - 1) .. ',' .. string.sub(ARGV[4 + 2 * i], 2)
+  batch[#batch + 1] = '{"s":' .. (first + i - 1) .. ',' .. string.sub(ARGV[4 + 2 * i], 2)
   if #batch == 512 then
     redis.call('RPUSH', KEYS[1], unpack(batch))
     batch = {}

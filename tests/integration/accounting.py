@@ -33,7 +33,6 @@ messages in that window may sit on either side.
 from __future__ import annotations
 
 import itertools
-import json
 import threading
 import time
 from collections import defaultdict
@@ -44,6 +43,7 @@ import redis
 
 from memory_engine.client import MemoryClient
 from memory_engine.keys import MemoryKeys
+from memory_engine.messages import Message
 
 __all__ = [
     "Account",
@@ -173,18 +173,26 @@ def _read(r: redis.Redis, keys: MemoryKeys) -> tuple[list[Any], dict[str, str], 
 
 
 def _parse_list(raw: list[Any], account: Account) -> list[dict[str, Any]]:
+    """Each element through the engine's own decoder (the wire format belongs to Message)."""
     items: list[dict[str, Any]] = []
     for index, element in enumerate(raw):
         text = element.decode("utf-8", "replace") if isinstance(element, bytes) else str(element)
         try:
-            item = json.loads(text)
-        except ValueError:
-            account.problem(f"list element {index} is not JSON: {text[:80]!r}")
+            message = Message.from_wire(text)
+        except (ValueError, KeyError) as exc:
+            account.problem(f"list element {index} is not a stored message ({exc}): {text[:80]!r}")
             continue
-        if not (isinstance(item, dict) and text.startswith('{"seq":')):
-            account.problem(f"list element {index} is not a stored message: {text[:80]!r}")
+        if message.seq is None or message.token_count is None:
+            account.problem(f"list element {index} has no seq or token count: {text[:80]!r}")
             continue
-        items.append(item)
+        items.append(
+            {
+                "seq": message.seq,
+                "token_count": message.token_count,
+                "role": message.role.value,
+                "content": message.content,
+            }
+        )
     return items
 
 

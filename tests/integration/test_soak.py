@@ -113,10 +113,8 @@ def test_checker_catches_phantom_and_duplicate_messages(
 ) -> None:
     client, memory, ledger = checked
     first = redis_client.lindex(memory.keys.msgs, 0) or b""
-    redis_client.rpush(memory.keys.msgs, first.replace(b'"seq":1,', b'"seq":7,'))
-    redis_client.rpush(
-        memory.keys.msgs, first.replace(b'"seq":1,', b'"seq":8,').replace(b"m0", b"zz")
-    )
+    redis_client.rpush(memory.keys.msgs, first.replace(b'"s":1,', b'"s":7,'))
+    redis_client.rpush(memory.keys.msgs, first.replace(b'"s":1,', b'"s":8,').replace(b"m0", b"zz"))
     found = problems_of(client, memory, ledger)
     assert "listed twice" in found and "nobody appended" in found
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
 
@@ -36,8 +35,8 @@ def mc(settings: Settings) -> Iterator[MemoryClient]:
         yield c
 
 
-def raw_list(r: redis.Redis, mc: MemoryClient, key: str) -> list[dict[str, object]]:
-    return [json.loads(x) for x in r.lrange(mc.keyspace.memory(key).msgs, 0, -1)]
+def raw_list(r: redis.Redis, mc: MemoryClient, key: str) -> list[Message]:
+    return [Message.from_wire(x) for x in r.lrange(mc.keyspace.memory(key).msgs, 0, -1)]
 
 
 def test_append_then_read_round_trip(mc: MemoryClient) -> None:
@@ -276,13 +275,13 @@ def test_redis_down_raises_store_unavailable(settings: Settings) -> None:
             m.read()
 
 
-def assert_consistent(r: redis.Redis, mc: MemoryClient, key: str) -> list[dict[str, object]]:
+def assert_consistent(r: redis.Redis, mc: MemoryClient, key: str) -> list[Message]:
     keys = mc.keyspace.memory(key)
-    items = [json.loads(x) for x in r.lrange(keys.msgs, 0, -1)]
+    items = [Message.from_wire(x) for x in r.lrange(keys.msgs, 0, -1)]
     meta = {k.decode(): v.decode() for k, v in r.hgetall(keys.meta).items()}
     assert int(meta.get("message_count", 0)) == len(items)
-    assert int(meta.get("token_count", 0)) == sum(int(i["token_count"]) for i in items)  # type: ignore[call-overload]
-    seqs = [int(i["seq"]) for i in items]  # type: ignore[call-overload]
+    assert int(meta.get("token_count", 0)) == sum(i.token_count or 0 for i in items)
+    seqs = [i.seq or 0 for i in items]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     return items
 
@@ -302,16 +301,16 @@ def test_concurrent_appends_lose_nothing(mc: MemoryClient, redis_client: redis.R
         t.join()
     items = assert_consistent(redis_client, mc, m.key)
     assert len(items) == threads * per
-    assert {i["content"].split(" ")[0] for i in items} == {
+    assert {i.content.split(" ")[0] for i in items} == {
         f"t{t}-m{i}" for t in range(threads) for i in range(per)
     }  # type: ignore[union-attr]
-    assert [int(i["seq"]) for i in items] == list(range(1, threads * per + 1))  # type: ignore[call-overload]
+    assert [i.seq for i in items] == list(range(1, threads * per + 1))
     # per-thread order is preserved
     for t in range(threads):
         mine = [
-            int(i["content"].split(" ")[0].split("-m")[1])
+            int(i.content.split(" ")[0].split("-m")[1])
             for i in items
-            if i["content"].startswith(f"t{t}-")
+            if i.content.startswith(f"t{t}-")
         ]  # type: ignore[union-attr]
         assert mine == list(range(per))
 
