@@ -191,8 +191,16 @@ def render_key(template: str, context: dict[str, Any] | None, *, default_project
     if not isinstance(ctx, dict):
         raise KeyTemplateError(f"workflow context must be a mapping, got {type(ctx).__name__}")
     project = ctx.get("project")
-    project_id = project.get("id") if isinstance(project, dict) else None
-    if project_id is None:
-        project_id = default_project_id
+    if project is None:
+        project_id: object = default_project_id
+    elif isinstance(project, dict):
+        project_id = project.get("id", default_project_id)
+    else:
+        # A malformed project must not silently land in the default namespace.
+        raise KeyTemplateError(
+            f"context 'project' must be a mapping with an 'id', got {type(project).__name__}"
+        )
+    if not isinstance(project_id, str):
+        raise KeyTemplateError(f"project id must be a string, got {type(project_id).__name__}")
     key = _RENDERER.render(template, ctx)
-    return memory_id_for(project_id if isinstance(project_id, str) else str(project_id), key)
+    return memory_id_for(project_id, key)

@@ -540,6 +540,10 @@ class MemoryResource(_Frozen):
         if self.token_allocation is not None and no_token_limit:
             reason = "shares a token budget, so it needs max_tokens or max_context_ratio"
             problems.add("token_allocation", reason)
+        provider = self.token_provider
+        if provider is not None and provider.provider == "anthropic" and not self.tokenizer_model:
+            # Its count-tokens API needs a model; refusing here beats failing on the first append.
+            problems.add("token_provider.model", "the anthropic provider needs a model")
         problems.raise_any(type(self).__name__)
         return self
 

@@ -111,3 +111,14 @@ def test_any_input_value_gives_a_valid_key_in_namespace_or_a_typed_error(value: 
     assert project_of(key) == "p1"
     assert key.startswith("p1:u:")
     validate_key(key.split(":", 1)[1])
+
+
+@pytest.mark.parametrize("project", ["acme", ["acme"], 42])
+def test_a_malformed_project_is_an_error_not_the_default_namespace(project: object) -> None:
+    with pytest.raises(KeyTemplateError, match="project"):
+        render_key("k", {"project": project}, default_project_id="d")
+
+
+def test_a_non_string_project_id_is_an_error() -> None:
+    with pytest.raises(KeyTemplateError, match="project id must be a string"):
+        render_key("k", {"project": {"id": 7}}, default_project_id="d")

@@ -580,3 +580,11 @@ def test_fuzz_only_config_errors(data: object) -> None:
         assert isinstance(res, MemoryResource)
         res.trigger_thresholds()
         res.flush_targets()
+
+
+def test_anthropic_token_provider_needs_a_model() -> None:
+    assert_rejected(
+        doc(token_provider={"provider": "anthropic", "api_key_env": "ANTHROPIC_API_KEY"}),
+        "token_provider.model",
+        "needs a model",
+    )
