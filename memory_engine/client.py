@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -40,6 +41,20 @@ log = logging.getLogger(__name__)
 _LRU_STRATEGIES = frozenset({FlushingType.LRU, FlushingType.TOKEN_AWARE_LRU})
 
 
+@dataclass(frozen=True, slots=True)
+class _AppendPlan:
+    """What every append of one resource needs and no append changes, resolved once per resource
+    (the hot path: each lookup below costs a microsecond or two when repeated per append)."""
+
+    resource: MemoryResource
+    redactor: Redactor
+    counter: TokenCounter
+    token_threshold: int
+    message_threshold: int
+    ttl_s: int
+    tracks_use: bool
+
+
 class MemoryClient:
     """Entry point. Build with :meth:`from_env` or inject settings, a Redis client, a registry."""
 
@@ -63,6 +78,7 @@ class MemoryClient:
         self._owns_producer = producer is None
         self.producer = producer or TaskProducer(self.settings)
         self._redactors: dict[str, Redactor] = {}
+        self._append_plans: dict[str, _AppendPlan] = {}
         self._summarizer: Summarizer | None = summarizer
         self._owns_summarizer = summarizer is None
         self._token_counters: TokenCounters | None = None
@@ -125,6 +141,22 @@ class MemoryClient:
             self._token_counters = TokenCounters(self.settings, self.redis)
         return self._token_counters.counter_for(resource)
 
+    def _append_plan(self, resource: MemoryResource) -> _AppendPlan:
+        plan = self._append_plans.get(resource.id)
+        if plan is None or plan.resource is not resource:  # a reloaded registry: rebuild
+            token_threshold, message_threshold = resource.trigger_thresholds()
+            plan = _AppendPlan(
+                resource=resource,
+                redactor=self.redactor_for(resource),
+                counter=self.counter_for(resource),
+                token_threshold=token_threshold,
+                message_threshold=message_threshold,
+                ttl_s=resource.ttl_s,
+                tracks_use=resource.flushing.type in _LRU_STRATEGIES,
+            )
+            self._append_plans[resource.id] = plan
+        return plan
+
     @property
     def summarizer(self) -> Summarizer:
         """The configured summarizer (``MEMORY_SUMMARIZER_*``), built on first use. An LLM
@@ -180,7 +212,9 @@ class Memory:
     def append_many(self, messages: Sequence[Message | dict[str, Any]]) -> AppendResult:
         """Store a batch atomically: every message or none (one script, one round trip)."""
         started = time.perf_counter()
-        pending, skipped, redacted = self._prepare(messages)
+        client = self.client
+        plan = client._append_plan(self.resource)
+        pending, skipped, redacted = self._prepare(messages, plan)
         if not pending:
             stats = self.stats()
             return AppendResult(
@@ -190,15 +224,15 @@ class Memory:
                 token_count=stats.token_count,
                 skipped=skipped,
             )
-        token_threshold, message_threshold = self.resource.trigger_thresholds()
-        outcome = self.client.store.append(
+        outcome = client.store.append(
             self.keys,
             pending,
             resource_id=self.resource.id,
-            ttl_s=self.resource.ttl_s,
-            token_threshold=token_threshold,
-            message_threshold=message_threshold,
-            marker_ttl_s=self.client.settings.flush_marker_ttl_s,
+            ttl_s=plan.ttl_s,
+            token_threshold=plan.token_threshold,
+            message_threshold=plan.message_threshold,
+            marker_ttl_s=client.settings.flush_marker_ttl_s,
+            tracks_use=plan.tracks_use,
         )
         flush_requested = False
         if outcome.flush_requested:
@@ -218,7 +252,8 @@ class Memory:
 
     def replace(self, messages: Sequence[Message | dict[str, Any]]) -> int:
         """Replace every message (the summary goes too); keeps the TTL. Returns the new count."""
-        pending, _skipped, _redacted = self._prepare(messages, allow_empty=True)
+        plan = self.client._append_plan(self.resource)
+        pending, _skipped, _redacted = self._prepare(messages, plan, allow_empty=True)
         count, _tokens, _epoch = self.client.store.replace(
             self.keys, pending, resource_id=self.resource.id, ttl_s=self.resource.ttl_s
         )
@@ -354,13 +389,19 @@ class Memory:
     # ---- preparation -----------------------------------------------------------------------
 
     def _prepare(
-        self, messages: Iterable[Message | dict[str, Any]], *, allow_empty: bool = False
+        self,
+        messages: Sequence[Message | dict[str, Any]],
+        plan: _AppendPlan | None = None,
+        *,
+        allow_empty: bool = False,
     ) -> tuple[list[PendingMessage], int, int]:
         """Validate, redact and count. Raises before anything is written."""
-        settings = self.client.settings
-        items = list(messages) if not isinstance(messages, (str, bytes, dict)) else None
-        if items is None:
+        if plan is None:
+            plan = self.client._append_plan(self.resource)
+        if isinstance(messages, (str, bytes, dict)):
             raise MessageValidationError("append_many takes a sequence of messages")
+        settings = self.client.settings
+        items = messages if isinstance(messages, (list, tuple)) else list(messages)
         if not items and not allow_empty:
             raise MessageValidationError("no messages given")
         if len(items) > settings.max_batch_messages:
@@ -368,8 +409,9 @@ class Memory:
                 f"batch of {len(items)} messages exceeds "
                 f"max_batch_messages={settings.max_batch_messages}"
             )
-        redactor = self.client.redactor_for(self.resource)
-        counter = self.client.counter_for(self.resource)
+        redactor, counter = plan.redactor, plan.counter
+        redacting = redactor.enabled
+        max_bytes = settings.max_message_bytes
         now = time.time()
         pending: list[PendingMessage] = []
         skipped = redacted = total_bytes = 0
@@ -378,11 +420,11 @@ class Memory:
                 message = coerce_message(item)
             except MessageValidationError as exc:
                 raise MessageValidationError(f"message {index}: {exc}") from exc
-            _check_message(message, index, settings.max_message_bytes)
+            _check_message(message, index, max_bytes)
             if not redactor.is_persistable(message.role.value):
                 skipped += 1
                 continue
-            if redactor.enabled:
+            if redacting:
                 message, hits = redactor.redact_message(message)
                 redacted += hits
             try:
@@ -396,10 +438,9 @@ class Memory:
                     f"message {index}: metadata or tool_calls are not JSON-serialisable, are "
                     f"nested too deeply, or hold text that is not valid UTF-8: {exc}"
                 ) from exc
-            if size > settings.max_message_bytes:
+            if size > max_bytes:
                 raise MessageValidationError(
-                    f"message {index} is {size} bytes stored; "
-                    f"max_message_bytes={settings.max_message_bytes}"
+                    f"message {index} is {size} bytes stored; max_message_bytes={max_bytes}"
                 )
             total_bytes += size
             pending.append(PendingMessage(body, tokens, message.is_system))

@@ -13,18 +13,23 @@ Token allocation (``token_allocation`` of the resource; shares of the budget B):
 
 Without ``token_allocation`` the system messages and the summary come first and the newest
 messages fill the rest. Every figure uses the stored per-message token counts, so the window never
-exceeds the budget under the same counter. Reads are bounded by the budget, not by the memory's
-length: the tail is fetched in growing chunks and the head only while system messages are missing.
+exceeds the budget under the same counter. A tool result whose call is not among the candidates (an
+orphan, or one whose call lies before the part read) is never put in the window alone: a provider
+would reject it.
+
+Reads are bounded by the budget, not by the memory's length: one script (``lua/context.lua``)
+returns the summary, the shortest tail whose non-system messages exceed the budget (the window's
+newest messages cannot reach past it) and the system messages before that tail, reading the
+tokens and role of each element from its first fields, sized by the memory's average message so
+one ``LRANGE`` usually covers it. Only what comes back is decoded.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from memory_engine.messages import Message, Role
 from memory_engine.resources import FlushingType
-from memory_engine.store import translate_errors
 from memory_engine.strategies.units import group_units
 
 if TYPE_CHECKING:
@@ -32,62 +37,29 @@ if TYPE_CHECKING:
 
 __all__ = ["build_context"]
 
-INITIAL_TAIL = 64
-HEAD_CHUNK = 32
 _LRU = {FlushingType.LRU, FlushingType.TOKEN_AWARE_LRU}
-
-
-def _decode(raw: Sequence[bytes | str]) -> list[Message]:
-    return [Message.from_wire(r) for r in raw]
 
 
 def build_context(memory: Memory, max_tokens: int | None = None) -> list[Message]:
     resource = memory.resource
     budget = max_tokens if max_tokens is not None else resource.effective_max_tokens
     keys = memory.keys
-    r = memory.client.redis
-    with translate_errors("context"):
-        pipe = r.pipeline(transaction=True)
-        pipe.hmget(keys.meta, "message_count", "system_count")
-        pipe.hgetall(keys.summary)
-        pipe.lrange(keys.msgs, 0, HEAD_CHUNK - 1)
-        pipe.lrange(keys.msgs, -INITIAL_TAIL, -1)
-        (count_raw, system_raw), summary_raw, head_raw, tail_raw = pipe.execute()
-    total = int(count_raw or 0)
-    system_count = int(system_raw or 0)
-    head, tail = _decode(head_raw), _decode(tail_raw)
-    summary = {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-        for k, v in summary_raw.items()
-    }
-
-    def tail_tokens() -> int:
-        return sum(m.token_count or 0 for m in tail)
-
-    # Grow the tail until it covers the budget or the whole list (bounded by the budget).
-    while len(tail) < total and (budget is None or tail_tokens() < budget):
-        want = min(total, max(INITIAL_TAIL, len(tail) * 2))
-        with translate_errors("context"):
-            grown = _decode(r.lrange(keys.msgs, -want, -1))
-        if len(grown) <= len(tail):
-            break  # the list shrank under us (a flush): what we have is the whole tail
-        tail = grown
-    # Find the system messages: usually at the head (flushes never remove them).
-    systems = {m.seq: m for m in (*head, *tail) if m.is_system}
-    fetched = len(head)
-    while len(systems) < system_count and fetched < total - len(tail):
-        with translate_errors("context"):
-            chunk = _decode(r.lrange(keys.msgs, fetched, fetched + HEAD_CHUNK * 4 - 1))
-        fetched += len(chunk)
-        systems.update({m.seq: m for m in chunk if m.is_system})
-        if not chunk:
-            break
-
-    window = _select(memory, budget, sorted(systems.values(), key=_seq), tail, summary)
-    if resource.flushing.type in _LRU:
-        memory.client.store.record_use(
-            keys, [m.seq for m in window if m.seq is not None], resource.ttl_s
+    store = memory.client.store
+    read_budget = None if budget is None else max(0, budget)
+    while True:
+        found = store.context_window(keys, read_budget)
+        systems = {m.seq: m for m in found.systems}
+        systems.update((m.seq, m) for m in found.tail if m.is_system)
+        window, exhausted = _select(
+            memory, budget, sorted(systems.values(), key=_seq), found.tail, found.summary
         )
+        # Every unit of a partial tail fitting is only possible when skipped orphan tool results
+        # made up the excess: read further back (rare; the read doubles each time).
+        if not exhausted or found.tail_start == 0 or read_budget is None:
+            break
+        read_budget = read_budget * 2 + 1
+    if resource.flushing.type in _LRU:
+        store.record_use(keys, [m.seq for m in window if m.seq is not None], resource.ttl_s)
     return window
 
 
@@ -101,12 +73,15 @@ def _select(
     systems: list[Message],
     tail: list[Message],
     summary: dict[str, Any],
-) -> list[Message]:
+) -> tuple[list[Message], bool]:
+    """The window, and whether every candidate unit fitted (the walk never stopped)."""
     resource = memory.resource
     summary_msg = _summary_message(summary)
     if budget is None:
-        chosen = sorted({m.seq: m for m in (*systems, *tail)}.values(), key=_seq)
-        return _assemble(chosen, summary_msg)
+        units = group_units([m for m in tail if not m.is_system])
+        kept = [m for unit in units if not _is_orphan_result(unit) for m in unit]
+        chosen = sorted({m.seq: m for m in (*systems, *kept)}.values(), key=_seq)
+        return _assemble(chosen, summary_msg), True
 
     alloc = resource.token_allocation
     reserved = int(budget * sum(alloc.user_defined.values())) if alloc else 0
@@ -136,14 +111,24 @@ def _select(
     system_seqs = {m.seq for m in systems}
     recent: list[Message] = []
     candidates = [m for m in tail if m.seq not in system_seqs]
+    exhausted = True
     for unit in reversed(group_units(candidates)):
+        if _is_orphan_result(unit):
+            continue
         cost = sum(m.token_count or 0 for m in unit)
         if cost > remaining:
+            exhausted = False
             break
         recent.extend(unit)
         remaining -= cost
     chosen = sorted([*chosen_systems, *recent], key=_seq)
-    return _assemble(chosen, summary_msg)
+    return _assemble(chosen, summary_msg), exhausted
+
+
+def _is_orphan_result(unit: tuple[Message, ...]) -> bool:
+    """A tool result alone: its call is not among the candidates (never declared, or before
+    the part of the list that was read). Alone in a window it would be rejected by a provider."""
+    return len(unit) == 1 and unit[0].role is Role.TOOL
 
 
 def _summary_message(summary: dict[str, Any]) -> Message | None:

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -25,6 +25,7 @@ from memory_engine.messages import Message, Role
 from memory_engine.resources import FlushingType
 from memory_engine.strategies import get_strategy
 from memory_engine.strategies.base import FlushPlan, Snapshot, Summary
+from memory_engine.strategies.columns import messages_with_seqs
 
 if TYPE_CHECKING:
     from memory_engine.client import Memory
@@ -77,10 +78,26 @@ HandOff = Callable[[FlushPlan], None]
 def over_hard_limit(memory: Memory) -> bool:
     """True when the memory is above ``max_tokens`` (list + summary) or ``max_messages``."""
     stats = memory.stats()
+    return _over_limits(memory, stats.message_count, stats.token_count + stats.summary_tokens)
+
+
+def _over_limits(memory: Memory, message_count: int, tokens_with_summary: int) -> bool:
     max_tokens, max_messages = memory.resource.effective_max_tokens, memory.resource.max_messages
-    if max_tokens and stats.token_count + stats.summary_tokens > max_tokens:
+    if max_tokens and tokens_with_summary > max_tokens:
         return True
-    return bool(max_messages and stats.message_count > max_messages)
+    return bool(max_messages and message_count > max_messages)
+
+
+def _clear_marker(memory: Memory) -> Callable[[Any], None]:
+    """The commands of ``MemoryStore.clear_flush_marker`` (marker and pending-index entry), to
+    ride in the pipeline that releases the lock: a flush ends in one round trip."""
+    keys, pending_index = memory.keys, memory.client.keyspace.pending_index
+
+    def add(pipe: Any) -> None:
+        pipe.delete(keys.flush)
+        pipe.zrem(pending_index, keys.memory_id)
+
+    return add
 
 
 @metrics.instrument_flush("flush")
@@ -100,6 +117,9 @@ def flush_memory(
     ``hand_off``, when given, is called instead of summarizing in-process (the ``memory.flush``
     task passes one that enqueues ``memory.summarize``); the flush marker then stays set until the
     summarize task commits. A concurrent flush of the same memory returns ``ALREADY_RUNNING``.
+
+    Round trips of a flush that needs no eviction: the lock's SET, the snapshot (one MULTI), the
+    commit script, and one pipeline that clears the flush marker and releases the lock.
     """
     name = str(strategy or memory.resource.flushing.type)
     planner = get_strategy(name)
@@ -115,17 +135,19 @@ def flush_memory(
     except FlushAlreadyRunning:
         log.info("flush of %s skipped: already running", memory.key)
         return FlushResult(memory_id=memory.key, strategy=name, status=FlushStatus.ALREADY_RUNNING)
+    finished = False  # True once nothing more will change: the marker goes with the lock
     try:
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
             snap, meta = store.snapshot(memory.keys, with_usage=name in _USES_LRU)
             if not meta:
-                store.clear_flush_marker(memory.keys)
+                finished = True
                 return FlushResult(
                     memory_id=memory.key, strategy=name, status=FlushStatus.NOOP, reason="gone"
                 )
             plan = planner.plan(snap, memory.resource)
             if plan.is_noop:
                 result = _result(memory, name, FlushStatus.NOOP, plan, snap)
+                count, tokens = len(snap.messages), snap.token_count + _summary_tokens(snap)
                 break
             summary = None
             if plan.summarize:
@@ -149,7 +171,7 @@ def flush_memory(
                     summary=summary,
                     lock_token=lock.token,
                     counter_field="flushed",
-                    clear_marker=False,  # cleared below, once hard limits are enforced too
+                    clear_marker=False,  # cleared with the lock, once hard limits are enforced
                     created_at=meta["created_at"],
                 )
             except FlushConflict:
@@ -158,6 +180,10 @@ def flush_memory(
                     raise
                 continue
             metrics.record_flush_commit(memory.resource.id, committed, snap, summary)
+            summary_tokens = summary.token_count if summary else _summary_tokens(snap)
+            # The counts right after the commit (what Memory.stats() would read): the hard-limit
+            # check below needs no round trip of its own.
+            count, tokens = committed.message_count, committed.token_count + summary_tokens
             result = FlushResult(
                 memory_id=memory.key,
                 strategy=name,
@@ -170,7 +196,7 @@ def flush_memory(
                 tokens_before=snap.token_count,
                 tokens_removed=committed.tokens_removed,
                 summary_point=summary.summary_point if summary else _point(snap),
-                summary_tokens=summary.token_count if summary else _summary_tokens(snap),
+                summary_tokens=summary_tokens,
                 summary_source=summary.source if summary else None,
                 reason=plan.reason,
             )
@@ -184,7 +210,7 @@ def flush_memory(
                 committed.token_count,
             )
             break
-        if enforce_hard_limits and over_hard_limit(memory):
+        if enforce_hard_limits and _over_limits(memory, count, tokens):
             evicted = _evict_locked(memory, lock)
             if evicted.evicted:
                 result = result.model_copy(
@@ -196,18 +222,18 @@ def flush_memory(
                     }
                 )
         # Only now is the flush done: "flush pending" stays true until nothing more will change.
-        store.clear_flush_marker(memory.keys)  # also drops the pending-index entry
+        finished = True
         return result
     finally:
-        lock.release()
+        # The marker (and its pending-index entry) is cleared in the release's round trip.
+        lock.release(also=_clear_marker(memory) if finished else None)
 
 
 def build_summary(
     memory: Memory, snap: Snapshot, plan: FlushPlan, summarizer: Summarizer
 ) -> Summary:
     """Progressive summary: the previous summary plus the newly folded messages only."""
-    folded_seqs = set(plan.summarize)
-    folded = [m for m in snap.messages if m.seq in folded_seqs]
+    folded = messages_with_seqs(snap.messages, plan.summarize)  # decodes only these
     previous = snap.summary.text if snap.summary else None
     cap = memory.resource.flushing.summary_tokens or 0
     counter = memory.client.counter_for(memory.resource)

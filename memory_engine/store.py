@@ -5,6 +5,21 @@ once per store and called by SHA. The global index updates (expiry, last access)
 pipeline as separate commands, so they stay out of the per-memory script (Redis Cluster: other
 slots) while still costing no extra round trip on a single node. redis-py errors become
 :class:`StoreUnavailable` / :class:`StoreError` here, at the edge.
+
+Index scores may lag (the append hot path): an append writes the two index entries of a memory
+only when this store has not written them within ``min(INDEX_REFRESH_MAX_S, ttl / 10)``; the
+appends in between are a lone ``EVALSHA`` sent on the lean path of :mod:`memory_engine.resp`
+(about 60 us of client time less than a redis-py pipeline carrying the two ``ZADD`` s). So an
+entry's score can be up to 60 s older than the memory's last append, and that is harmless:
+
+- expiry index: a stale score is earlier than the real expiry, and cleanup
+  (:func:`memory_engine.maintenance.cleanup`) treats scores as hints: it removes a memory only
+  when its metadata is gone (``PTTL`` -2) and re-indexes a live one with its real TTL. So a memory
+  is never removed early; the keys themselves expire on time in Redis (every key carries the TTL);
+- access index: read only by reconcile (a window of twice its interval, 30 min by default) and
+  by statistics, for which a minute does not matter;
+- a memory created by an append (new, or deleted elsewhere and written again) is always indexed
+  at once, whatever this store remembers: the script reports that it created the metadata.
 """
 
 from __future__ import annotations
@@ -24,14 +39,22 @@ from redis import exceptions as redis_errors
 from memory_engine.errors import FlushConflict, LockLost, StoreError, StoreUnavailable
 from memory_engine.keys import KeySpace, MemoryKeys
 from memory_engine.messages import Message
+from memory_engine.resp import command_head, pool_of, send_command
 from memory_engine.strategies.base import Snapshot, Summary
+from memory_engine.strategies.columns import StoredMessages, columns_of, position_of_seq, seq_runs
 
-__all__ = ["CommitResult", "MemoryStore", "PendingMessage", "translate_errors"]
+__all__ = ["CommitResult", "ContextWindow", "MemoryStore", "PendingMessage", "translate_errors"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-_SCRIPT_NAMES = ("append", "replace", "clear", "commit", "reconcile")
+_SCRIPT_NAMES = ("append", "replace", "clear", "commit", "reconcile", "context")
+
+INDEX_REFRESH_MAX_S = 60.0
+"""Longest time an append leaves a memory's index scores unrefreshed (``ttl / 10`` if shorter)."""
+INDEX_MEMO_MAX_ENTRIES = 100_000
+"""Bound of the per-store memo of index writes; when full it is emptied (each memory then pays
+one index write again)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +75,16 @@ class AppendOutcome:
     flush_requested: bool
     epoch: int
     flush_deduplicated: bool = False  # at threshold, but a flush was already pending
+
+
+@dataclass(frozen=True, slots=True)
+class ContextWindow:
+    """The raw material of a context window (see :meth:`MemoryStore.context_window`)."""
+
+    summary: dict[str, str]
+    tail_start: int  # list index of tail[0]; 0 when the tail is the whole list
+    tail: list[Message]
+    systems: list[Message]  # system messages before the tail, oldest first
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +130,14 @@ class MemoryStore:
             name: hashlib.sha1(src.encode("utf-8")).hexdigest()
             for name, src in self._sources.items()
         }
+        # memory id -> `now` of the last index write by an append of this store (module
+        # docstring). A plain dict: single operations are atomic under the GIL, and a race
+        # between two threads costs one redundant ZADD, never a missing one.
+        self._indexed_at: dict[str, float] = {}
+        # The lean single-command path (memory_engine/resp.py) and the memoised leading
+        # arguments of the append script per (keys, resource arguments).
+        self._pool = pool_of(client)
+        self._append_heads: dict[tuple[tuple[str, ...], tuple[Any, ...]], bytes] = {}
 
     # ---- script plumbing -----------------------------------------------------------
 
@@ -124,6 +165,16 @@ class MemoryStore:
         for name, src in self._sources.items():
             self._shas[name] = str(self.redis.script_load(src))
 
+    def _call_script(self, what: str, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """One ``EVALSHA`` as a plain command (a pipeline of one costs ~40 us more in redis-py);
+        reload the scripts and retry once on NOSCRIPT (the script did not run)."""
+        with translate_errors(what):
+            try:
+                return self.redis.evalsha(self._shas[name], len(keys), *keys, *args)
+            except redis_errors.NoScriptError:
+                self._load_scripts()
+                return self.redis.evalsha(self._shas[name], len(keys), *keys, *args)
+
     def _evalsha(self, what: str, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         def build(pipe: Any) -> None:
             pipe.evalsha(self._shas[name], len(keys), *keys, *args)
@@ -142,37 +193,113 @@ class MemoryStore:
         token_threshold: int,
         message_threshold: int,
         marker_ttl_s: int,
+        tracks_use: bool = False,
         now: float | None = None,
     ) -> AppendOutcome:
-        """Append atomically (all or none) and update the indexes, in one round trip."""
+        """Append atomically (all or none) in one round trip; index the memory when due.
+
+        ``tracks_use``: the resource records message uses (LRU strategies), so the script keeps
+        the TTL of the memory's use set sliding too.
+
+        One socket write: the script alone, or, when the memory's index entries are due (module
+        docstring), the script and the two ``ZADD`` s in one pipeline. Only when the script
+        reports that it created the memory although its index entries were not due (it was
+        deleted and written again within the refresh interval) does a second round trip follow.
+        """
         now = time.time() if now is None else now
-        args: list[Any] = [
+        n_system = tokens = 0
+        encoded: list[bytes] = []
+        for m in messages:
+            encoded.append(m.body.encode("utf-8"))
+            tokens += m.token_count
+            n_system += m.is_system
+        static = (
             ttl_s * 1000,
-            repr(now),
             resource_id,
             token_threshold,
             message_threshold,
             marker_ttl_s * 1000,
-            len(messages),
-            sum(1 for m in messages if m.is_system),
-        ]
-        for m in messages:
-            args.append(m.body)
-            args.append(m.token_count)
-        script_keys = (keys.msgs, keys.meta, keys.summary, keys.used, keys.flush)
-        sha = self._shas["append"]
-
-        def build(pipe: Any) -> None:
-            pipe.evalsha(sha, len(script_keys), *script_keys, *args)
-            pipe.zadd(self.keyspace.access_index, {keys.memory_id: now})
-            if ttl_s > 0:
-                pipe.zadd(self.keyspace.expiry_index, {keys.memory_id: now + ttl_s})
-
-        first, last, count, total, requested, epoch = self._run_pipeline("append", build)[0]
-        flush = int(requested)
-        return AppendOutcome(
-            int(first), int(last), int(count), int(total), flush == 1, int(epoch), flush == 2
+            1 if tracks_use else 0,
         )
+        dynamic = [repr(now).encode(), b"%d" % len(encoded), b"%d" % n_system, b"%d" % tokens]
+        dynamic.extend(encoded)
+        script_keys = (keys.msgs, keys.meta, keys.summary, keys.used, keys.flush)
+        memory_id = keys.memory_id
+        index_due = self._index_due(memory_id, now, ttl_s)
+        if index_due:
+            sha = self._shas["append"]
+
+            def build(pipe: Any) -> None:
+                pipe.evalsha(sha, len(script_keys), *script_keys, *static, *dynamic)
+                self._add_index_commands(pipe, memory_id, now, ttl_s)
+
+            reply = self._run_pipeline("append", build)[0]
+        else:
+            reply = self._send_append(script_keys, static, dynamic)
+        first, last, count, total, flush, epoch, created = _split_ints(reply)
+        if created and not index_due:
+            self._write_index(memory_id, now, ttl_s)
+        if index_due or created:
+            self._remember_indexed(memory_id, now)
+        return AppendOutcome(first, last, count, total, flush == 1, epoch, flush == 2)
+
+    def _send_append(
+        self, script_keys: tuple[str, ...], static: tuple[Any, ...], dynamic: list[bytes]
+    ) -> Any:
+        """The append script alone, on the lean path of :mod:`memory_engine.resp` when the client
+        allows it. Its leading arguments (sha, keys, the resource's ARGV) are packed once per
+        memory and resource and memoised."""
+        pool = self._pool
+        if pool is None:
+            return self._call_script("append", "append", script_keys, (*static, *dynamic))
+        memo_key = (script_keys, static)
+        head = self._append_heads.get(memo_key)
+        if head is None:
+            head = command_head(
+                "EVALSHA",
+                self._shas["append"],
+                str(len(script_keys)),
+                *script_keys,
+                *map(str, static),
+            )
+            if len(self._append_heads) >= INDEX_MEMO_MAX_ENTRIES:
+                self._append_heads.clear()
+            self._append_heads[memo_key] = head
+        head_count = 3 + len(script_keys) + len(static)
+        with translate_errors("append"):
+            try:
+                return send_command(pool, head, head_count, dynamic)
+            except redis_errors.NoScriptError:
+                # The script did not run (Redis restarted or SCRIPT FLUSH): load and send again.
+                self._load_scripts()
+                return send_command(pool, head, head_count, dynamic)
+
+    # ---- index memo (the append hot path) ------------------------------------------------
+
+    def _index_due(self, memory_id: str, now: float, ttl_s: int) -> bool:
+        last = self._indexed_at.get(memory_id)
+        if last is None:
+            return True
+        refresh_s = min(INDEX_REFRESH_MAX_S, ttl_s / 10) if ttl_s > 0 else INDEX_REFRESH_MAX_S
+        # A `now` before the last write (an explicit time in the past) re-indexes too.
+        return not 0.0 <= now - last < refresh_s
+
+    def _remember_indexed(self, memory_id: str, now: float) -> None:
+        memo = self._indexed_at
+        if len(memo) >= INDEX_MEMO_MAX_ENTRIES:
+            memo.clear()
+        memo[memory_id] = now
+
+    def _add_index_commands(self, pipe: Any, memory_id: str, now: float, ttl_s: int) -> None:
+        pipe.zadd(self.keyspace.access_index, {memory_id: now})
+        if ttl_s > 0:
+            pipe.zadd(self.keyspace.expiry_index, {memory_id: now + ttl_s})
+
+    def _write_index(self, memory_id: str, now: float, ttl_s: int) -> None:
+        def build(pipe: Any) -> None:
+            self._add_index_commands(pipe, memory_id, now, ttl_s)
+
+        self._run_pipeline("index memory", build)
 
     def replace(
         self,
@@ -240,8 +367,25 @@ class MemoryStore:
         created_at: str,
         now: float | None = None,
     ) -> CommitResult:
-        """Apply a plan atomically; raise :class:`FlushConflict` or :class:`LockLost` if fenced."""
+        """Apply a plan atomically; raise :class:`FlushConflict` or :class:`LockLost` if fenced.
+
+        The script reads only the head of the list up to the last removed seq (its position in
+        ``snapshot``), not the whole list: see ``lua/commit.lua``.
+        """
         now = time.time() if now is None else now
+        # Where the removed seqs sit in the snapshot (lua/commit.lua): the window (1 + the
+        # position of the last one; 0 = unknown) and, when they form one run, its position and
+        # token total, which let the script cut them without reading them.
+        drop_runs, summarize_runs = seq_runs(drop), seq_runs(summarize)
+        columns = columns_of(snapshot.messages)
+        last = max(max(drop, default=0), max(summarize, default=0))
+        position = position_of_seq(columns, last) if last else None
+        run_at, run_tokens = -1, 0
+        if len(drop_runs) + len(summarize_runs) == 1:
+            first, last = (drop_runs or summarize_runs)[0]
+            start = position_of_seq(columns, first)
+            if start is not None and position == start + last - first:
+                run_at, run_tokens = start, sum(columns.tokens[start : position + 1])
         args: list[Any] = [
             snapshot.epoch,
             created_at,
@@ -254,13 +398,14 @@ class MemoryStore:
             summary.token_count if summary else 0,
             summary.summary_point if summary else 0,
             summary.source if summary else "",
-            len(drop),
-            len(summarize),
-            *drop,
-            *summarize,
+            ",".join(f"{a}:{b}" for a, b in drop_runs),
+            ",".join(f"{a}:{b}" for a, b in summarize_runs),
+            0 if position is None else position + 1,
+            run_at,
+            run_tokens,
         ]
         script_keys = (keys.msgs, keys.meta, keys.summary, keys.used, keys.lock, keys.flush)
-        status, dropped, summarized, tokens, count, total, epoch = self._evalsha(
+        status, dropped, summarized, tokens, count, total, epoch = self._call_script(
             "commit", "commit", script_keys, args
         )
         if status == -1:
@@ -344,6 +489,23 @@ class MemoryStore:
             raw = self.redis.lrange(keys.msgs, -count, -1)
         return [Message.from_wire(r) for r in raw]
 
+    def context_window(self, keys: MemoryKeys, budget: int | None) -> ContextWindow:
+        """What ``Memory.context()`` reads, in one round trip (``lua/context.lua``): the summary,
+        the shortest tail whose non-system messages exceed ``budget`` tokens (``None``: the whole
+        list), and the system messages before that tail."""
+        summary_raw, start, tail, systems = self._call_script(
+            "context",
+            "context",
+            (keys.msgs, keys.meta, keys.summary),
+            (-1 if budget is None else budget,),
+        )
+        return ContextWindow(
+            summary=_decode_hash(dict(zip(summary_raw[::2], summary_raw[1::2], strict=True))),
+            tail_start=int(start),
+            tail=[Message.from_wire(r) for r in tail],
+            systems=[Message.from_wire(r) for r in systems],
+        )
+
     def snapshot(
         self, keys: MemoryKeys, *, with_usage: bool = False
     ) -> tuple[Snapshot, dict[str, str]]:
@@ -365,7 +527,8 @@ class MemoryStore:
             used = {int(m): float(score) for m, score in replies[3]}
         snap = Snapshot(
             key=keys.memory_id,
-            messages=tuple(Message.from_wire(r) for r in raw),
+            # Decoded on access: planners read seqs and token counts from the element headers.
+            messages=StoredMessages(raw),
             epoch=int(meta.get("epoch", 0)),
             last_seq=int(meta.get("seq", 0)),
             token_count=int(meta.get("token_count", 0)),
@@ -390,6 +553,13 @@ class MemoryStore:
     def summary(self, keys: MemoryKeys) -> Summary | None:
         with translate_errors("read summary"):
             return summary_from_hash(_decode_hash(self.redis.hgetall(keys.summary)))
+
+
+def _split_ints(reply: bytes | str) -> list[int]:
+    """A script's comma-separated integers (str when the client decodes responses)."""
+    if isinstance(reply, bytes):
+        return [int(x) for x in reply.split(b",")]
+    return [int(x) for x in reply.split(",")]
 
 
 def _decode_hash(raw: dict[Any, Any]) -> dict[str, str]:

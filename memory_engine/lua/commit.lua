@@ -21,9 +21,29 @@
 -- ARGV[9]  summary token count
 -- ARGV[10] summary point (last seq it covers)
 -- ARGV[11] summary source
--- ARGV[12] n_drop
--- ARGV[13] n_summarize
--- ARGV[14 ..] n_drop seqs to drop, then n_summarize seqs folded into the summary
+-- ARGV[12] seqs to drop, as runs 'first:last,first:last' (inclusive; '' = none)
+-- ARGV[13] seqs folded into the summary, as runs (same form)
+-- ARGV[14] window: every named seq is among the list's first `window` elements; 0 = unknown
+-- ARGV[15] run position: when all named seqs form one run, the snapshot position of its first
+--          seq; -1 otherwise
+-- ARGV[16] run tokens: the token counts of that run's messages, summed from the snapshot
+--
+-- Positions are the snapshot's, and they stay exact while the epoch is unchanged: appends only
+-- add at the tail, and every other change of the list (replace, clear, a commit) bumps the epoch,
+-- which is checked first. Two paths:
+--
+-- * one run (a FIFO or summarizing flush: the oldest messages, after any leading system
+--   messages): the elements at the run's two ends are checked to carry its first and last seq.
+--   Seqs ascend along the list, so the run's elements are then exactly the named seqs, and the
+--   commit cuts them without reading them (LTRIM; the few elements before the run, if any, are
+--   read and pushed back). The token total comes from the snapshot, whose elements these are.
+--   A flush of 500 of 1,000 messages keeps Redis busy ~15 us instead of ~350 us reading and
+--   parsing the elements in Lua (appends wait for that);
+-- * otherwise, or when the ends do not match (a caller's mistake), the elements up to the
+--   window are read and matched against the named seqs (the whole list if the window does not
+--   hold them all).
+--
+-- Runs, not one argument per seq: packing 500 arguments cost the client ~0.5 ms.
 --
 -- Returns {status, dropped, summarized, tokens_removed, message_count, token_count, epoch}
 --   status 1 = committed, -1 = epoch conflict, -2 = lock lost
@@ -37,43 +57,117 @@ if ARGV[3] ~= '' and redis.call('GET', KEYS[5]) ~= ARGV[3] then
   return {-2, 0, 0, 0, 0, 0, tonumber(meta_epoch)}
 end
 
-local n_drop = tonumber(ARGV[12])
-local n_summ = tonumber(ARGV[13])
-local kind = {}
-for i = 1, n_drop do kind[tonumber(ARGV[13 + i])] = 1 end
-for i = 1, n_summ do kind[tonumber(ARGV[13 + n_drop + i])] = 2 end
+local function seq_at(index)
+  local raw = redis.call('LINDEX', KEYS[1], index)
+  return raw and tonumber(string.match(raw, '^{"s":(%d+)'))
+end
 
-local items = redis.call('LRANGE', KEYS[1], 0, -1)
-local removed_idx = {}
-local dropped, summarized, tokens = 0, 0, 0
-local prefix = true
-local removed_seqs = {}
-for i, raw in ipairs(items) do
-  local s, t = string.match(raw, '^{"s":(%d+),"t":(%d+)')
-  local k = kind[tonumber(s)]
-  if k then
-    removed_idx[#removed_idx + 1] = i - 1
-    removed_seqs[#removed_seqs + 1] = s
-    tokens = tokens + tonumber(t)
-    if k == 1 then dropped = dropped + 1 else summarized = summarized + 1 end
-    if #removed_idx ~= i then prefix = false end
+-- Put `items` (in list order) back at the head of the list.
+local function push_head(items, n)
+  local chunk = {}
+  for i = n, 1, -1 do
+    chunk[#chunk + 1] = items[i]
+    if #chunk == 512 or i == 1 then
+      redis.call('LPUSH', KEYS[1], unpack(chunk))
+      chunk = {}
+    end
   end
 end
 
-local removed = #removed_idx
-if removed > 0 then
-  if prefix then
-    redis.call('LTRIM', KEYS[1], removed, -1)
-  else
-    -- A tombstone can never equal a stored message: those all start with '{"s":'.
-    for _, idx in ipairs(removed_idx) do
-      redis.call('LSET', KEYS[1], idx, '~tomb~')
+local runs = {}
+for k = 1, 2 do
+  for first, last in string.gmatch(ARGV[11 + k], '(%d+):(%d+)') do
+    runs[#runs + 1] = {tonumber(first), tonumber(last), k}
+  end
+end
+
+local removed, dropped, summarized, tokens = 0, 0, 0, 0
+local removed_seqs = {}
+local cut = false
+local position = tonumber(ARGV[15])
+
+if #runs == 1 and position >= 0 then
+  local first, last, k = runs[1][1], runs[1][2], runs[1][3]
+  local count = last - first + 1
+  local stop = position + count  -- index just past the run
+  if seq_at(position) == first and seq_at(stop - 1) == last then
+    if position == 0 then
+      redis.call('LTRIM', KEYS[1], count, -1)
+      cut = true
+    elseif redis.call('LLEN', KEYS[1]) > stop then
+      -- Something survives after the run, so the list never empties (its TTL stays).
+      local head = redis.call('LRANGE', KEYS[1], 0, position - 1)
+      redis.call('LTRIM', KEYS[1], stop, -1)
+      push_head(head, #head)
+      cut = true
     end
-    redis.call('LREM', KEYS[1], 0, '~tomb~')
+    if cut then
+      removed, tokens = count, tonumber(ARGV[16])
+      if k == 1 then dropped = count else summarized = count end
+      if redis.call('EXISTS', KEYS[4]) == 1 then
+        for s = first, last do removed_seqs[#removed_seqs + 1] = string.format('%d', s) end
+      end
+    end
   end
-  for i = 1, #removed_seqs, 512 do
-    redis.call('ZREM', KEYS[4], unpack(removed_seqs, i, math.min(i + 511, #removed_seqs)))
+end
+
+if not cut then
+  local kind = {}
+  local named = 0
+  for _, run in ipairs(runs) do
+    for s = run[1], run[2] do
+      if not kind[s] then named = named + 1 end
+      kind[s] = run[3]
+    end
   end
+  local removed_idx, kept
+  local function scan(last)
+    local items = redis.call('LRANGE', KEYS[1], 0, last)
+    removed_idx, kept, removed_seqs = {}, {}, {}
+    dropped, summarized, tokens = 0, 0, 0
+    for i, raw in ipairs(items) do
+      local s, t = string.match(raw, '^{"s":(%d+),"t":(%d+)')
+      local k = kind[tonumber(s)]
+      if k then
+        removed_idx[#removed_idx + 1] = i - 1
+        removed_seqs[#removed_seqs + 1] = s
+        tokens = tokens + tonumber(t)
+        if k == 1 then dropped = dropped + 1 else summarized = summarized + 1 end
+      else
+        kept[#kept + 1] = raw
+      end
+    end
+  end
+  local window = tonumber(ARGV[14])
+  if named > 0 then
+    scan(window > 0 and window - 1 or -1)
+    if window > 0 and #removed_idx ~= named then scan(-1) end
+  end
+  removed = removed_idx and #removed_idx or 0
+  if removed > 0 then
+    local last = removed_idx[removed]  -- 0-based index of the last removed element
+    local kept_before = last + 1 - removed  -- `kept` starts with them, in order
+    if kept_before == 0 then
+      redis.call('LTRIM', KEYS[1], removed, -1)
+    elseif redis.call('LLEN', KEYS[1]) > last + 1 then
+      -- Cut up to the last removed element and push back the kept ones before it: O(window).
+      redis.call('LTRIM', KEYS[1], last + 1, -1)
+      push_head(kept, kept_before)
+    else
+      -- Nothing survives after the last removed element: trimming would delete the key (and
+      -- its TTL), so mark the removed elements and remove the marks. A tombstone can never
+      -- equal a stored message: those all start with '{"s":'.
+      for _, idx in ipairs(removed_idx) do
+        redis.call('LSET', KEYS[1], idx, '~tomb~')
+      end
+      redis.call('LREM', KEYS[1], 0, '~tomb~')
+    end
+    if redis.call('EXISTS', KEYS[4]) == 0 then removed_seqs = {} end
+  end
+end
+
+for i = 1, #removed_seqs, 512 do
+  redis.call('ZREM', KEYS[4], unpack(removed_seqs, i, math.min(i + 511, #removed_seqs)))
 end
 
 local count = redis.call('HINCRBY', KEYS[2], 'message_count', -removed)

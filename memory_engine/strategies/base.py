@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from memory_engine.messages import Message
     from memory_engine.resources import MemoryResource
 
@@ -31,10 +33,16 @@ class Summary:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """A consistent read of one memory: list, metadata epoch and summary from one MULTI."""
+    """A consistent read of one memory: list, metadata epoch and summary from one MULTI.
+
+    ``messages`` is the list in seq order: a tuple, or (from the store) a
+    :class:`~memory_engine.strategies.columns.StoredMessages` that decodes a message only when it
+    is read, so planners that need seqs and token counts only
+    (:func:`~memory_engine.strategies.columns.columns_of`) never decode the list.
+    """
 
     key: str
-    messages: tuple[Message, ...]
+    messages: Sequence[Message]
     epoch: int
     last_seq: int
     token_count: int

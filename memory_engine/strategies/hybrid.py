@@ -25,17 +25,21 @@ its flush handler kept the three newest stored messages: the summary was never w
 message was lost. Here the summarizer runs outside any lock and the commit removes exactly the seqs
 named after writing the summary.
 
-Cost of planning: O(n) time and space for n messages; the work is the summarizer call that follows
-(an LLM request on the ``memory.summarize`` queue, or the rule-based fallback).
+Cost of planning: O(n) time and space for n messages, on the snapshot's columns (no message is
+decoded; :mod:`memory_engine.strategies.columns`); the work is the summarizer call that follows
+(an LLM request on the ``memory.summarize`` queue, or the rule-based fallback), which decodes
+only the folded messages.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Sequence
+from itertools import accumulate
 from typing import TYPE_CHECKING
 
 from memory_engine.strategies.base import FlushPlan
-from memory_engine.strategies.units import group_units, message_tokens, seq_of, total_tokens
+from memory_engine.strategies.columns import Columns, columns_of
 
 if TYPE_CHECKING:
     from memory_engine.messages import Message
@@ -51,25 +55,31 @@ def unit_cuts(messages: Sequence[Message]) -> list[int]:
     ``messages`` is the snapshot's list in seq order; the last cut is the number of non-system
     messages (an empty list when there are none).
     """
-    unit_of: dict[int, int] = {}  # seq -> index of its unit
-    size: list[int] = []
-    for index, unit in enumerate(group_units(messages)):
-        size.append(len(unit))
-        for message in unit:
-            unit_of[seq_of(message)] = index
-    seen = [0] * len(size)
+    return _cuts(columns_of(messages))
+
+
+def _cuts(columns: Columns) -> list[int]:
+    system = columns.system
+    foldable = len(system) - sum(system)
+    if columns.single_units:  # every message is a unit: every prefix is a cut
+        return list(range(1, foldable + 1))
+    # System messages are units of one and never members of another unit, so skipping them
+    # keeps every unit's members in the walk.
+    head_of = {m: head for head, members in columns.members.items() for m in members}
+    seen: dict[int, int] = {}
     open_units = 0  # units with some but not all messages in the prefix
     cuts: list[int] = []
     k = 0
-    for message in messages:
-        if message.is_system:
+    for index, is_system in enumerate(system):
+        if is_system:
             continue
         k += 1
-        index = unit_of[seq_of(message)]
-        if seen[index] == 0:
+        head = head_of.get(index, index)
+        count = seen.get(head, 0) + 1
+        seen[head] = count
+        if count == 1:
             open_units += 1
-        seen[index] += 1
-        if seen[index] == size[index]:
+        if count == len(columns.unit_indices(head)):
             open_units -= 1
         if open_units == 0:
             cuts.append(k)
@@ -77,8 +87,14 @@ def unit_cuts(messages: Sequence[Message]) -> list[int]:
 
 
 def _closest_cut(cuts: Sequence[int], share: float) -> int:
-    # min() keeps the first of equal keys and cuts ascend, so a tie goes to the smaller cut.
-    return min(cuts, key=lambda cut: abs(cut - share))
+    # The cut closest to ``share``; a tie goes to the smaller cut. ``cuts`` ascend.
+    above = bisect_left(cuts, share)  # cuts[above] >= share
+    if above == 0:
+        return cuts[0]
+    if above == len(cuts):
+        return cuts[-1]
+    lower, upper = cuts[above - 1], cuts[above]
+    return upper if upper - share < share - lower else lower
 
 
 class HybridSummaryStrategy:
@@ -92,13 +108,11 @@ class HybridSummaryStrategy:
         previous = snapshot.summary.token_count if snapshot.summary else 0
         budget = resource.flushing.summary_tokens
         budget = previous if budget is None else budget
-        messages = snapshot.messages
-        list_tokens = total_tokens(messages)
-        count = len(messages)
-        foldable = [m for m in messages if not m.is_system]
-        prefix_tokens = [0]
-        for message in foldable:
-            prefix_tokens.append(prefix_tokens[-1] + message_tokens(message))
+        columns = columns_of(snapshot.messages)
+        list_tokens = sum(columns.tokens)
+        count = len(columns.seqs)
+        foldable = [i for i, is_system in enumerate(columns.system) if not is_system]
+        prefix_tokens = [0, *accumulate(columns.tokens[i] for i in foldable)]
 
         def tokens_after(cut: int) -> int:
             # Folding nothing keeps the previous summary; folding anything writes a new one.
@@ -109,7 +123,7 @@ class HybridSummaryStrategy:
                 target_messages is None or count - cut <= target_messages
             )
 
-        cuts = unit_cuts(messages)
+        cuts = _cuts(columns)
         if not cuts:
             cut = 0
             reason = "no non-system messages to summarize"
@@ -131,7 +145,7 @@ class HybridSummaryStrategy:
                     reason += "; target unreachable: only system messages and the summary remain"
         return FlushPlan(
             strategy=self.name,
-            summarize=tuple(seq_of(m) for m in foldable[:cut]),
+            summarize=tuple(columns.seqs[i] for i in foldable[:cut]),
             tokens_before=list_tokens + previous,
             tokens_after=tokens_after(cut),
             messages_before=count,

@@ -21,24 +21,28 @@ order. All helpers are pure and run in O(n) for n messages.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from memory_engine.messages import Message, Role
 from memory_engine.strategies.base import FlushPlan
+from memory_engine.strategies.columns import Columns, columns_of, list_tokens
 
 if TYPE_CHECKING:
     from memory_engine.resources import MemoryResource
     from memory_engine.strategies.base import Snapshot
 
 __all__ = [
+    "DropFn",
     "DropResult",
     "Unit",
+    "drop_oldest",
     "drop_until_target",
     "first_seq",
     "group_units",
     "plan_drops",
+    "plan_oldest_drops",
     "is_removable",
     "is_tool_unit",
     "message_tokens",
@@ -51,6 +55,9 @@ __all__ = [
 ]
 
 Unit = tuple[Message, ...]
+
+# Larger than any token or message count: stands in for "no target" in tight loops.
+_UNBOUNDED = 1 << 62
 
 
 def seq_of(message: Message) -> int:
@@ -142,6 +149,7 @@ class DropResult:
     tokens_after: int
     messages_after: int
     reached: bool
+    units: int = 0  # how many units were dropped
 
 
 def _within(
@@ -166,21 +174,75 @@ def drop_until_target(
     of ``None`` is no constraint. Non-removable units in the order are skipped, so callers may pass
     every unit. ``reached`` is False when the order ran out first (only system messages left).
     """
-    dropped: set[int] = set()
+    dropped: list[int] = []
+    units = 0
     for unit in units_in_order:
         if _within(tokens, messages, target_tokens, target_messages):
             break
         if not is_removable(unit):
             continue
-        dropped.update(unit_seqs(unit))
-        tokens -= unit_tokens(unit)
+        for message in unit:
+            dropped.append(seq_of(message))
+            tokens -= message_tokens(message)
         messages -= len(unit)
+        units += 1
     return DropResult(
         dropped=frozenset(dropped),
         tokens_after=tokens,
         messages_after=messages,
         reached=_within(tokens, messages, target_tokens, target_messages),
+        units=units,
     )
+
+
+def drop_oldest(
+    columns: Columns,
+    *,
+    tokens: int,
+    messages: int,
+    target_tokens: int | None,
+    target_messages: int | None,
+) -> DropResult:
+    """:func:`drop_until_target` over every unit in seq order, on a snapshot's columns.
+
+    The same result as ``drop_until_target(group_units(messages), ...)`` without building a
+    unit tuple per message: with no tool calls in the snapshot it is one walk over three lists.
+    """
+    seqs, sizes, system = columns.seqs, columns.tokens, columns.system
+    members, absorbed = columns.members, columns.absorbed
+    # An absent target never binds: compare against a bound no count reaches.
+    max_tokens = _UNBOUNDED if target_tokens is None else target_tokens
+    max_messages = _UNBOUNDED if target_messages is None else target_messages
+    dropped: list[int] = []
+    units = 0
+    if tokens > max_tokens or messages > max_messages:
+        for index, seq in enumerate(seqs):
+            if system[index] or index in absorbed:
+                continue
+            unit = members.get(index)
+            if unit is None:
+                dropped.append(seq)
+                tokens -= sizes[index]
+                messages -= 1
+            else:
+                for member in unit:
+                    dropped.append(seqs[member])
+                    tokens -= sizes[member]
+                messages -= len(unit)
+            units += 1
+            if tokens <= max_tokens and messages <= max_messages:
+                break
+    return DropResult(
+        dropped=frozenset(dropped),
+        tokens_after=tokens,
+        messages_after=messages,
+        reached=tokens <= max_tokens and messages <= max_messages,
+        units=units,
+    )
+
+
+DropFn = Callable[[int, int, "int | None", "int | None"], DropResult]
+"""Runs a drop order: (tokens, messages, target_tokens, target_messages) -> what it removed."""
 
 
 def plan_drops(
@@ -197,26 +259,54 @@ def plan_drops(
     toward the flush trigger: leaving it out would let a flush stop above the trigger and fire
     again on the next append. ``order_description`` ("oldest first", ...) goes into the reason.
     """
+
+    def drop(tokens: int, messages: int, tt: int | None, tm: int | None) -> DropResult:
+        return drop_until_target(
+            units_in_order, tokens=tokens, messages=messages, target_tokens=tt, target_messages=tm
+        )
+
+    return _drop_plan(name, snapshot, resource, drop, order_description)
+
+
+def plan_oldest_drops(name: str, snapshot: Snapshot, resource: MemoryResource) -> FlushPlan:
+    """:func:`plan_drops` with every unit in seq order (oldest first), planned on the
+    snapshot's columns (:mod:`memory_engine.strategies.columns`): no message is decoded."""
+    columns = columns_of(snapshot.messages)
+
+    def drop(tokens: int, messages: int, tt: int | None, tm: int | None) -> DropResult:
+        return drop_oldest(
+            columns, tokens=tokens, messages=messages, target_tokens=tt, target_messages=tm
+        )
+
+    return _drop_plan(name, snapshot, resource, drop, "oldest first", sum(columns.tokens))
+
+
+def _drop_plan(
+    name: str,
+    snapshot: Snapshot,
+    resource: MemoryResource,
+    drop: DropFn,
+    order_description: str,
+    list_total: int | None = None,
+) -> FlushPlan:
     target_tokens, target_messages = resource.flush_targets()
     summary_tokens = snapshot.summary.token_count if snapshot.summary else 0
-    tokens = total_tokens(snapshot.messages) + summary_tokens
+    tokens = (list_total if list_total is not None else list_tokens(snapshot.messages)) + (
+        summary_tokens
+    )
     count = len(snapshot.messages)
     if target_tokens is None and target_messages is None:
         result = DropResult(frozenset(), tokens, count, reached=True)
         reason = "no token or message limit set: nothing to flush"
     else:
-        result = drop_until_target(
-            units_in_order,
-            tokens=tokens,
-            messages=count,
-            target_tokens=target_tokens,
-            target_messages=target_messages,
-        )
+        result = drop(tokens, count, target_tokens, target_messages)
         if not result.dropped:
             reason = "already within target" if result.reached else unreachable_reason(result)
         else:
-            units = sum(1 for u in units_in_order if unit_seqs(u) <= result.dropped)
-            reason = f"dropped {len(result.dropped)} messages in {units} units, {order_description}"
+            reason = (
+                f"dropped {len(result.dropped)} messages in {result.units} units, "
+                f"{order_description}"
+            )
             reason += "" if result.reached else "; " + unreachable_reason(result)
     return FlushPlan(
         strategy=name,

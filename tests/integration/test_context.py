@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from memory_engine.client import Memory, MemoryClient
+from memory_engine.context import _select
 from memory_engine.messages import Message
 from memory_engine.settings import Settings
 
@@ -207,6 +208,63 @@ def test_property_window_within_budget_ordered_tool_pairs_intact(
     assert tokens(window) <= budget
     seqs = [w.seq for w in window]
     assert seqs == sorted(seqs)
+    ids_called = {c["id"] for w in window for c in (w.tool_calls or [])}
+    assert ids_called == {w.tool_call_id for w in window if w.tool_call_id}
+    m.delete()
+
+
+def _whole_list_window(m: Memory, budget: int) -> list[Message]:
+    """The window computed from every stored message (what the partial read must equal)."""
+    stored = m.read()
+    return _select(m, budget, [x for x in stored if x.is_system], stored, {})[0]
+
+
+def test_a_result_at_the_edge_of_the_read_does_not_cut_the_window_short(
+    mc: MemoryClient,
+) -> None:
+    m = mc.memory("plain", ctx(uuid.uuid4().hex))
+    call, result = tool_turn(1)
+    result = {**result, "content": "long tool output " * 40}
+    m.append({"role": "user", "content": "old question " * 5})
+    m.append_many([call, {"role": "user", "content": "by the way"}, result])
+    m.append({"role": "user", "content": "thanks"})
+    _old, _call, between, t, last = m.read()
+    budget = (between.token_count or 0) + (last.token_count or 0)
+    assert (t.token_count or 0) > budget  # the read stops at the result, its call is before it
+    window = m.context(max_tokens=budget)
+    # The result cannot come (its call does not fit), but the message before it does: reading
+    # only up to the result would have missed it.
+    assert [w.seq for w in window] == [between.seq, last.seq]
+    assert [w.seq for w in window] == [w.seq for w in _whole_list_window(m, budget)]
+
+
+_kinds = st.sampled_from(["user", "assistant", "system", "tool_turn", "split_turn", "orphan"])
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    kinds=st.lists(_kinds, min_size=1, max_size=60),
+    sizes=st.lists(st.integers(1, 40), min_size=60, max_size=60),
+    budget=st.integers(0, 300),
+)
+def test_property_partial_read_gives_the_whole_list_window(
+    mc: MemoryClient, kinds: list[str], sizes: list[int], budget: int
+) -> None:
+    m: Memory = mc.memory("plain", ctx(uuid.uuid4().hex))
+    for i, kind in enumerate(kinds):
+        if kind == "tool_turn":
+            m.append_many(tool_turn(i))
+        elif kind == "split_turn":  # a result separated from its call by another message
+            call, result = tool_turn(i)
+            m.append_many([call, {"role": "user", "content": "w " * sizes[i]}, result])
+        elif kind == "orphan":  # a result whose call was never stored
+            m.append(tool_turn(i)[1])
+        else:
+            m.append({"role": kind, "content": "w " * sizes[i]})
+    window = m.context(max_tokens=budget)
+    assert [w.seq for w in window] == [w.seq for w in _whole_list_window(m, budget)]
     ids_called = {c["id"] for w in window for c in (w.tool_calls or [])}
     assert ids_called == {w.tool_call_id for w in window if w.tool_call_id}
     m.delete()

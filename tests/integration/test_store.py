@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
@@ -11,7 +11,10 @@ import redis
 from memory_engine.client import MemoryClient
 from memory_engine.errors import MessageValidationError, StoreUnavailable
 from memory_engine.messages import Message
+from memory_engine.registry import ResourceRegistry
+from memory_engine.resources import parse_resource
 from memory_engine.settings import Settings
+from memory_engine.store import INDEX_REFRESH_MAX_S
 from memory_engine.tokens import counter_for
 
 from .helpers import client_with, ctx, resource
@@ -157,6 +160,33 @@ def test_sliding_ttl_on_every_key(mc: MemoryClient, redis_client: redis.Redis) -
     assert score is not None and score > 0
 
 
+def test_append_slides_the_ttl_of_the_summary_and_the_use_set(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    hybrid = resource(
+        "hybrid", flushing={"type": "hybrid_summary", "summary_tokens": 40}, max_tokens=400
+    )
+    lru = resource("lru", flushing={"type": "lru"})
+    with client_with(settings, hybrid, lru) as c:
+        h = c.memory("hybrid", ctx("slide-h"))
+        h.append_many(
+            [{"role": "user", "content": f"question {i} about ORD-{i}"} for i in range(20)]
+        )
+        assert h.flush().summarized > 0
+        u = c.memory("lru", ctx("slide-u"))
+        u.append({"role": "user", "content": "one"})
+        u.context()
+        for key in (h.keys.summary, u.keys.used):
+            assert redis_client.exists(key)
+            redis_client.expire(key, 10)
+        h.append({"role": "user", "content": "more"})
+        u.append({"role": "user", "content": "more"})
+        for key in (h.keys.summary, u.keys.used):
+            assert redis_client.ttl(key) > 3500, key
+        # Keys a memory does not have are not created by the refresh.
+        assert redis_client.exists(h.keys.used, u.keys.summary) == 0
+
+
 def test_ttl_zero_means_no_expiry(mc: MemoryClient, redis_client: redis.Redis) -> None:
     m = mc.memory("forever", ctx("f"))
     m.append({"role": "user", "content": "one"})
@@ -211,9 +241,11 @@ def test_stats_reports_budget(mc: MemoryClient) -> None:
     assert s.flush_pending is False and s.resource_id == "conv"
 
 
-def test_append_is_one_round_trip(mc: MemoryClient, redis_url: str) -> None:
-    m = mc.memory("conv", ctx("rt"))
-    m.append({"role": "user", "content": "warm up: scripts loaded, connection open"})
+def _commands_and_writes(
+    mc: MemoryClient, redis_url: str, key: str, action: Callable[[], object]
+) -> tuple[list[str], int]:
+    """Run ``action``; return the commands MONITOR saw naming ``key`` (not those run inside a
+    script) and how many socket writes the client's connections made."""
     monitor_client = redis.Redis.from_url(redis_url)
     seen: list[str] = []
     ready = threading.Event()
@@ -226,7 +258,7 @@ def test_append_is_one_round_trip(mc: MemoryClient, redis_url: str) -> None:
                 text = cmd["command"]
                 if "rt-end-marker" in text:
                     break
-                if m.key in text and cmd.get("client_type") != "lua":
+                if key in text and cmd.get("client_type") != "lua":
                     seen.append(text.split(" ", 1)[0].strip('"').upper())
         done.set()
 
@@ -246,15 +278,72 @@ def test_append_is_one_round_trip(mc: MemoryClient, redis_url: str) -> None:
 
     type(conn).send_packed_command = counting  # type: ignore[method-assign]
     try:
-        m.append({"role": "user", "content": "the measured append"})
+        action()
     finally:
         type(conn).send_packed_command = original  # type: ignore[method-assign]
     monitor_client.ping()
     monitor_client.get("rt-end-marker")
     assert done.wait(5)
     monitor_client.close()
-    assert sends == 1
-    assert seen == ["EVALSHA", "ZADD", "ZADD"]
+    return seen, sends
+
+
+def test_append_is_one_round_trip(mc: MemoryClient, redis_url: str) -> None:
+    warm = mc.memory("conv", ctx("rt-warm"))
+    warm.append({"role": "user", "content": "warm up: scripts loaded, connection open"})
+    m = mc.memory("conv", ctx("rt"))
+    # The first append of a memory also writes its two index entries, in the same socket write.
+    seen, sends = _commands_and_writes(
+        mc, redis_url, m.key, lambda: m.append({"role": "user", "content": "first"})
+    )
+    assert (seen, sends) == (["EVALSHA", "ZADD", "ZADD"], 1)
+    # The next ones, within the index refresh interval, are the script alone.
+    seen, sends = _commands_and_writes(
+        mc, redis_url, m.key, lambda: m.append({"role": "user", "content": "second"})
+    )
+    assert (seen, sends) == (["EVALSHA"], 1)
+    assert [x.content for x in m.read()] == ["first", "second"]
+
+
+def test_index_entries_are_refreshed_after_the_interval(
+    mc: MemoryClient, redis_client: redis.Redis
+) -> None:
+    m = mc.memory("conv", ctx("refresh"))
+    store, ks = mc.store, mc.keyspace
+    args = {"resource_id": "conv", "ttl_s": 3600, "token_threshold": 0, "message_threshold": 0}
+    pending = m._prepare([{"role": "user", "content": "x"}])[0]
+    store.append(m.keys, pending, marker_ttl_s=60, now=1_000.0, **args)
+    assert redis_client.zscore(ks.access_index, m.key) == 1_000.0
+    assert redis_client.zscore(ks.expiry_index, m.key) == 1_000.0 + 3600
+    store.append(m.keys, pending, marker_ttl_s=60, now=1_000.0 + INDEX_REFRESH_MAX_S - 1, **args)
+    assert redis_client.zscore(ks.access_index, m.key) == 1_000.0  # within the interval: kept
+    later = 1_000.0 + INDEX_REFRESH_MAX_S
+    store.append(m.keys, pending, marker_ttl_s=60, now=later, **args)
+    assert redis_client.zscore(ks.access_index, m.key) == later
+    assert redis_client.zscore(ks.expiry_index, m.key) == later + 3600
+    # A short TTL refreshes at a tenth of it.
+    short = {**args, "ttl_s": 100}
+    store.append(m.keys, pending, marker_ttl_s=60, now=later + 10, **short)
+    assert redis_client.zscore(ks.expiry_index, m.key) == later + 10 + 100
+    # An explicit time in the past is not "recent": it is written too.
+    store.append(m.keys, pending, marker_ttl_s=60, now=500.0, **args)
+    assert redis_client.zscore(ks.access_index, m.key) == 500.0
+
+
+def test_memory_deleted_elsewhere_is_indexed_again_on_its_next_append(
+    mc: MemoryClient, settings: Settings, redis_client: redis.Redis
+) -> None:
+    m = mc.memory("conv", ctx("recreated"))
+    m.append({"role": "user", "content": "one"})
+    with client_with(settings, resource("conv")) as other:
+        assert other.memory("conv", ctx("recreated")).delete() is True
+    assert redis_client.zscore(mc.keyspace.access_index, m.key) is None
+    # This client indexed the memory a moment ago, but the script reports that it created the
+    # metadata again, so the entries are written at once.
+    res = m.append({"role": "user", "content": "two"})
+    assert (res.message_count, res.first_seq) == (1, 1)
+    assert redis_client.zscore(mc.keyspace.access_index, m.key) is not None
+    assert redis_client.zscore(mc.keyspace.expiry_index, m.key) is not None
 
 
 def test_scripts_reload_after_script_flush(mc: MemoryClient, redis_client: redis.Redis) -> None:
@@ -273,6 +362,27 @@ def test_redis_down_raises_store_unavailable(settings: Settings) -> None:
             m.append({"role": "user", "content": "lost?"})
         with pytest.raises(StoreUnavailable):
             m.read()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"single_connection_client": True}, {"decode_responses": True}, {}],
+    ids=["single-connection", "decoded-responses", "pooled"],
+)
+def test_append_works_on_any_injected_client(
+    settings: Settings, redis_url: str, options: dict[str, bool]
+) -> None:
+    # A single-connection client takes redis-py's own path (memory_engine/resp.py cannot use
+    # it); a client that decodes responses returns the script's reply as str.
+    injected = redis.Redis.from_url(redis_url, **options)
+    registry = ResourceRegistry([parse_resource(resource("conv"))])
+    with MemoryClient(settings, redis=injected, registry=registry) as c:
+        m = c.memory("conv", ctx("injected"))
+        for i in range(3):
+            assert m.append({"role": "user", "content": f"m{i}"}).last_seq == i + 1
+        assert [x.content for x in m.read()] == ["m0", "m1", "m2"]
+        assert [x.content for x in m.context()] == ["m0", "m1", "m2"]
+    injected.close()
 
 
 def assert_consistent(r: redis.Redis, mc: MemoryClient, key: str) -> list[Message]:
