@@ -41,7 +41,11 @@ class FlushTask(EngineTask):  # type: ignore[misc]
                 log.exception("could not release flush marker of %s", memory_id)
 
 
-@shared_task(name=TASK_FLUSH, base=FlushTask, bind=True)
+# track_started off for this task only: a flush runs for milliseconds, so a STARTED state in the
+# result backend is hardly ever seen, and writing it cost the pool process ~0.6 ms of CPU per
+# flush (of ~4.7 ms; one worker process, 1,000-message FIFO flushes). Task events (task-started,
+# what Flower shows) are unaffected; memory.summarize keeps its states (SUMMARIZING).
+@shared_task(name=TASK_FLUSH, base=FlushTask, bind=True, track_started=False)
 def flush(
     self: Any,
     memory_id: str,
