@@ -21,29 +21,9 @@ from memory_engine.messages import Message, Role
 from memory_engine.resources import DEFAULT_PRIORITY_KEYWORDS, EvictionPolicyType
 from memory_engine.strategies import group_units
 from memory_engine.strategies.units import first_seq, seq_of, unit_seqs
+from tests.builders import msg
 
 POLICIES = [p.value for p in EvictionPolicyType]
-
-
-def msg(
-    seq: int,
-    role: str = "user",
-    tokens: int = 10,
-    *,
-    created_at: float | None = None,
-    content: str = "",
-    calls: Sequence[str] = (),
-    answers: str | None = None,
-) -> Message:
-    return Message(
-        role=Role(role),
-        content=content or f"message {seq}",
-        seq=seq,
-        token_count=tokens,
-        created_at=float(seq) if created_at is None else created_at,
-        tool_calls=[{"id": c, "type": "function"} for c in calls] or None,
-        tool_call_id=answers,
-    )
 
 
 @st.composite

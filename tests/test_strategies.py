@@ -29,6 +29,7 @@ from memory_engine.strategies import (
 from memory_engine.strategies.hybrid import unit_cuts
 from memory_engine.strategies.token_lru import gds_priorities
 from memory_engine.strategies.units import Unit, first_seq, seq_of, unit_last_used, unit_seqs
+from tests.builders import msg
 
 ALL_STRATEGIES: list[Strategy] = [
     SimpleFifoStrategy(),
@@ -40,31 +41,6 @@ DROPPING = [s for s in ALL_STRATEGIES if s.name != "hybrid_summary"]
 
 
 # ---- builders -------------------------------------------------------------------------------
-
-
-def msg(
-    seq: int,
-    role: str = "user",
-    tokens: int = 10,
-    *,
-    created_at: float | None = None,
-    content: str = "",
-    calls: Sequence[str] = (),
-    answers: str | None = None,
-) -> Message:
-    return Message(
-        role=Role(role),
-        content=content or f"message {seq}",
-        seq=seq,
-        token_count=tokens,
-        created_at=float(seq) if created_at is None else created_at,
-        tool_calls=[
-            {"id": c, "type": "function", "function": {"name": "f", "arguments": "{}"}}
-            for c in calls
-        ]
-        or None,
-        tool_call_id=answers,
-    )
 
 
 def snap(

@@ -19,7 +19,7 @@ from memory_engine.strategies import SimpleFifoStrategy
 from memory_engine.strategies.base import Snapshot
 from memory_engine.strategies.columns import StoredMessages
 
-from .helpers import client_with, ctx, resource
+from .helpers import client_with, ctx, resource, socket_writes
 
 
 @pytest.fixture
@@ -185,25 +185,6 @@ def test_random_plans_against_the_model(mc: MemoryClient, redis_client: redis.Re
         check_commit(redis_client, m, drop=drop, summarize=summarize)
 
 
-def _socket_writes(mc: MemoryClient, action: Callable[[], object]) -> int:
-    conn = mc.redis.connection_pool.get_connection()
-    mc.redis.connection_pool.release(conn)
-    sends = 0
-    original = type(conn).send_packed_command
-
-    def counting(self: redis.Connection, command: object, check_health: bool = True) -> None:
-        nonlocal sends
-        sends += 1
-        original(self, command, check_health)
-
-    type(conn).send_packed_command = counting  # type: ignore[method-assign]
-    try:
-        action()
-    finally:
-        type(conn).send_packed_command = original  # type: ignore[method-assign]
-    return sends
-
-
 def test_a_fifo_flush_is_four_round_trips(mc: MemoryClient, redis_client: redis.Redis) -> None:
     warm = mc.memory("fifo", ctx("rt-warm"))
     fill(warm, ["user"] * 30)
@@ -213,7 +194,7 @@ def test_a_fifo_flush_is_four_round_trips(mc: MemoryClient, redis_client: redis.
     m.request_flush()
     results: list[Any] = []
     # Lock SET; snapshot MULTI; commit EVALSHA; marker DEL + pending ZREM + lock release.
-    assert _socket_writes(mc, lambda: results.append(flush_memory(m))) == 4
+    assert socket_writes(mc, lambda: results.append(flush_memory(m))) == 4
     (result,) = results
     assert result.status is FlushStatus.COMMITTED and result.removed > 0
     assert not redis_client.exists(m.keys.flush, m.keys.lock)

@@ -17,7 +17,7 @@ from memory_engine.settings import Settings
 from memory_engine.store import INDEX_REFRESH_MAX_S
 from memory_engine.tokens import counter_for
 
-from .helpers import client_with, ctx, resource
+from .helpers import client_with, ctx, resource, socket_writes
 
 
 @pytest.fixture
@@ -265,22 +265,7 @@ def _commands_and_writes(
     t = threading.Thread(target=watch, daemon=True)
     t.start()
     assert ready.wait(5)
-    # Count socket writes on the client's own connections too.
-    conn = mc.redis.connection_pool.get_connection()
-    mc.redis.connection_pool.release(conn)
-    sends = 0
-    original = type(conn).send_packed_command
-
-    def counting(self: redis.Connection, command: object, check_health: bool = True) -> None:
-        nonlocal sends
-        sends += 1
-        original(self, command, check_health)
-
-    type(conn).send_packed_command = counting  # type: ignore[method-assign]
-    try:
-        action()
-    finally:
-        type(conn).send_packed_command = original  # type: ignore[method-assign]
+    sends = socket_writes(mc, action)
     monitor_client.ping()
     monitor_client.get("rt-end-marker")
     assert done.wait(5)
