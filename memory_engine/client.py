@@ -177,6 +177,7 @@ class MemoryClient:
             close_summarizer()
         if self._owns_producer:
             self.producer.close()
+        self.store.close()
         if self._owns_redis:
             self.redis.close()
 

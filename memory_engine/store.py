@@ -39,7 +39,7 @@ from redis import exceptions as redis_errors
 from memory_engine.errors import FlushConflict, LockLost, StoreError, StoreUnavailable
 from memory_engine.keys import KeySpace, MemoryKeys
 from memory_engine.messages import Message
-from memory_engine.resp import command_head, pool_of, send_command
+from memory_engine.resp import command_head, lane_for
 from memory_engine.strategies.base import Snapshot, Summary
 from memory_engine.strategies.columns import StoredMessages, columns_of, position_of_seq, seq_runs
 
@@ -136,8 +136,13 @@ class MemoryStore:
         self._indexed_at: dict[str, float] = {}
         # The lean single-command path (memory_engine/resp.py) and the memoised leading
         # arguments of the append script per (keys, resource arguments).
-        self._pool = pool_of(client)
+        self._lane = lane_for(client)
         self._append_heads: dict[tuple[tuple[str, ...], tuple[Any, ...]], bytes] = {}
+
+    def close(self) -> None:
+        """Give the connections the append path keeps back to the client's pool."""
+        if self._lane is not None:
+            self._lane.close()
 
     # ---- script plumbing -----------------------------------------------------------
 
@@ -249,8 +254,8 @@ class MemoryStore:
         """The append script alone, on the lean path of :mod:`memory_engine.resp` when the client
         allows it. Its leading arguments (sha, keys, the resource's ARGV) are packed once per
         memory and resource and memoised."""
-        pool = self._pool
-        if pool is None:
+        lane = self._lane
+        if lane is None:
             return self._call_script("append", "append", script_keys, (*static, *dynamic))
         memo_key = (script_keys, static)
         head = self._append_heads.get(memo_key)
@@ -268,11 +273,11 @@ class MemoryStore:
         head_count = 3 + len(script_keys) + len(static)
         with translate_errors("append"):
             try:
-                return send_command(pool, head, head_count, dynamic)
+                return lane.send(head, head_count, dynamic)
             except redis_errors.NoScriptError:
                 # The script did not run (Redis restarted or SCRIPT FLUSH): load and send again.
                 self._load_scripts()
-                return send_command(pool, head, head_count, dynamic)
+                return lane.send(head, head_count, dynamic)
 
     # ---- index memo (the append hot path) ------------------------------------------------
 
