@@ -41,11 +41,21 @@ class FlushTask(EngineTask):  # type: ignore[misc]
                 log.exception("could not release flush marker of %s", memory_id)
 
 
-# track_started off for this task only: a flush runs for milliseconds, so a STARTED state in the
-# result backend is hardly ever seen, and writing it cost the pool process ~0.6 ms of CPU per
-# flush (of ~4.7 ms; one worker process, 1,000-message FIFO flushes). Task events (task-started,
-# what Flower shows) are unaffected; memory.summarize keeps its states (SUMMARIZING).
-@shared_task(name=TASK_FLUSH, base=FlushTask, bind=True, track_started=False)
+# No result backend writes for this task: a flush runs for milliseconds, is requested by appends
+# that never wait for it, and reports through task events (what Flower shows: received, started,
+# succeeded with its result, or failed), metrics and the memory's own stats. Writing its STARTED
+# state and its result cost the worker ~1.6 ms per flush (of ~4.7; one worker process,
+# 1,000-message FIFO flushes, bench/flush.py). A failure is still stored
+# (store_errors_even_if_ignored), so `AsyncResult(id).state` tells FAILURE from "not stored".
+# memory.summarize keeps its states (SUMMARIZING) and results.
+@shared_task(
+    name=TASK_FLUSH,
+    base=FlushTask,
+    bind=True,
+    track_started=False,
+    ignore_result=True,
+    store_errors_even_if_ignored=True,
+)
 def flush(
     self: Any,
     memory_id: str,
