@@ -14,6 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -60,7 +61,10 @@ class EmbeddedRedis:
         appendfsync: str = "everysec",
         password: str | None = None,
         extra_args: tuple[str, ...] = (),
+        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
+        """``preexec_fn`` runs in the child before ``exec`` (the CLI passes one that sets
+        ``PR_SET_PDEATHSIG``, so the server stops even when the CLI is SIGKILLed)."""
         self.port = port or free_port()
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if data_dir is None:
@@ -71,6 +75,7 @@ class EmbeddedRedis:
         self.appendfsync = appendfsync
         self.password = password
         self.extra_args = extra_args
+        self.preexec_fn = preexec_fn
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -110,6 +115,7 @@ class EmbeddedRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=self.preexec_fn,
         )
         client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5, socket_timeout=1)
         deadline = time.monotonic() + START_TIMEOUT_S

@@ -324,7 +324,7 @@ class Services:
         data_dir = self.log_dir / "redis" if self.log_dir is not None else None
         if data_dir is not None:
             data_dir.mkdir(parents=True, exist_ok=True)
-        self.redis = EmbeddedRedis(data_dir=data_dir).start()
+        self.redis = EmbeddedRedis(data_dir=data_dir, preexec_fn=self._preexec).start()
         self.settings = self.settings.replace(redis_url=self.redis.url)
         return self.settings
 

@@ -391,3 +391,34 @@ def test_up_stops_everything_when_a_service_dies(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def test_up_leaves_nothing_running_when_the_cli_itself_is_killed(tmp_path: Path) -> None:
+    # SIGKILL gives the CLI no chance to stop its children: PR_SET_PDEATHSIG must (Linux).
+    if not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG is Linux-only")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "memory_engine.cli", "up", "--json", "--no-beat", "--no-flower"],
+        env=clean_env(),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=(tmp_path / "up.log").open("w"),
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        started = json.loads(proc.stdout.readline() or "{}")
+        assert started.get("event") == "started", (tmp_path / "up.log").read_text()
+        pids = {name: group[0] for name, group in started["pids"].items()}
+        assert set(pids) == {"redis", "worker"} and all(pid_alive(p) for p in pids.values())
+        proc.kill()
+        proc.wait(10)
+        wait_for(
+            lambda: not any(pid_alive(p) for p in pids.values()),
+            timeout=60,
+            what=f"the embedded Redis and the worker to stop after the CLI died ({pids})",
+        )
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
