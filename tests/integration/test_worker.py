@@ -15,7 +15,13 @@ from memory_engine.client import Memory, MemoryClient
 from memory_engine.errors import LockLost
 from memory_engine.flush import FlushStatus, flush_memory
 from memory_engine.settings import Settings
-from memory_engine.tasknames import QUEUE_FLUSH, TASK_CLEANUP, TASK_EVICT, TASK_RECONCILE
+from memory_engine.tasknames import (
+    QUEUE_FLUSH,
+    TASK_CLEANUP,
+    TASK_EVICT,
+    TASK_FLUSH,
+    TASK_RECONCILE,
+)
 
 from .conftest import broker_url_for, wait_for
 
@@ -41,6 +47,26 @@ def test_threshold_crossing_enqueues_one_flush_that_trims_to_target(engine: Memo
     assert s.flushed_count == 3
     assert [x.content for x in m.read()] == [f"m{i}" for i in range(3, 8)]
     assert s.last_flush_at is not None
+
+
+def test_flush_stores_no_result_but_keeps_its_failures(
+    engine: MemoryClient, celery_app: Celery, redis_url: str
+) -> None:
+    # Appends never wait for a flush: its result would be a backend write nobody reads. A flush
+    # that fails for good is still stored, so AsyncResult tells FAILURE from "not stored".
+    m = engine.memory("fifo-small", conv())
+    fill(m, 7)  # one below the threshold: only our task flushes it
+    ok = celery_app.send_task(TASK_FLUSH, kwargs={"memory_id": m.key, "resource_id": "fifo-small"})
+    failed = celery_app.send_task(
+        TASK_FLUSH, kwargs={"memory_id": "p1:nope", "resource_id": "no-such-resource"}
+    )
+    # One queue, one solo worker: the failure is stored after the good flush ran.
+    wait_for(lambda: failed.state == "FAILURE", what="the failure in the result backend")
+    assert m.stats().flushed_count == 2
+    backend = redis.Redis.from_url(broker_url_for(redis_url, 1))
+    assert ok.state == "PENDING"  # what Celery says of an id it has no record of
+    assert backend.exists(f"celery-task-meta-{ok.id}") == 0
+    assert backend.exists(f"celery-task-meta-{failed.id}") == 1
 
 
 def test_thousand_appends_over_threshold_leave_exactly_one_task(
