@@ -7,8 +7,10 @@ Decisions (see ``shared/notes/celery.md`` for the verified behaviour behind them
 - ``acks_late`` + ``reject_on_worker_lost`` + prefetch 1: a task whose worker dies is redelivered;
   every task body is idempotent, so a second run changes nothing already done.
 - Visibility timeout > the hard time limit: a running task is never redelivered while it runs.
-- A result backend is kept (results are small JSON summaries of what a task did, useful in Flower
-  and to the CLI that waits for a flush) and expires after ``RESULT_EXPIRES_S``.
+- A result backend is kept (results are small JSON summaries of what a task did; the summarize
+  task's SUMMARIZING progress lives there) and expires after ``RESULT_EXPIRES_S``. ``memory.flush``
+  stores only its failures (``tasks/flush.py``): appends never wait for it, and Flower reads its
+  outcome from task events.
 - Task events on (worker and sent events) so Flower sees every task.
 """
 
