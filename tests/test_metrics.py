@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 
 from memory_engine import metrics
 from memory_engine.breakers import on_breaker_state
@@ -107,6 +109,52 @@ def test_appends_tokens_and_latency_are_counted_per_call(engine: MemoryClient, r
     assert value("memory_engine_tokens_appended_total", resource=rid) == stored_tokens
     # one observation per call (append_many is one call), whatever the batch size
     assert value("memory_engine_append_latency_seconds_count") - latency_before == 2
+
+
+def test_appends_from_many_threads_are_all_counted(engine: MemoryClient, rid: str) -> None:
+    # Appends are queued without a lock and folded in batches: none may be lost or counted twice.
+    latency_before = value("memory_engine_append_latency_seconds_count")
+    memories = [conv(engine, rid) for _ in range(8)]
+
+    def append(i: int) -> None:
+        memories[i % 8].append({"role": "user", "content": f"m{i}"})
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(append, range(2_000)))
+    assert value("memory_engine_appends_total", resource=rid) == 2_000
+    assert value("memory_engine_append_latency_seconds_count") - latency_before == 2_000
+
+
+def test_queued_appends_are_folded_without_a_scrape(engine: MemoryClient, rid: str) -> None:
+    instruments = metrics.instruments()
+    m = conv(engine, rid)
+    for i in range(metrics.APPEND_DRAIN_AT * 2 + 1):
+        m.append({"role": "user", "content": f"m{i}"})
+        assert len(instruments.append_queue) < metrics.APPEND_DRAIN_AT
+    child = instruments.for_resource(rid).appends
+    assert child._value.get() >= metrics.APPEND_DRAIN_AT * 2  # folded by appends, not a scrape
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_batched_histogram_matches_observe(seed: int) -> None:
+    bounds = metrics.APPEND_LATENCY_BUCKETS_S
+    rng = random.Random(seed)
+    # every bound exactly, just above and below it, zero and far beyond the last bound
+    values = [b + d for b in bounds for d in (0.0, 1e-9, -1e-9)] + [0.0, 3.0, 1e9]
+    values += [rng.expovariate(1 / 0.003) for _ in range(500)]
+    batched, reference = CollectorRegistry(), CollectorRegistry()
+    h_batched = Histogram("h", "batched", buckets=bounds, registry=batched)
+    h_reference = Histogram("h", "reference", buckets=bounds, registry=reference)
+    metrics._observe_many(h_batched, values)
+    for v in values:
+        h_reference.observe(v)
+    for le in [*map(str, bounds), "+Inf"]:
+        got = batched.get_sample_value("h_bucket", {"le": le})
+        assert got == reference.get_sample_value("h_bucket", {"le": le}), le
+    assert batched.get_sample_value("h_count") == len(values)
+    assert batched.get_sample_value("h_sum") == pytest.approx(
+        reference.get_sample_value("h_sum"), rel=1e-12
+    )
 
 
 def test_non_persistable_appends_are_not_counted(engine: MemoryClient, settings: Settings) -> None:
