@@ -37,6 +37,8 @@ from memory_engine.errors import MessageValidationError
 # One encoder for every message: json.dumps with keyword options builds a new one per call.
 # allow_nan=False: NaN/Infinity are not JSON; other readers of the list would choke.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+# What _ENCODER does to a str (ensure_ascii=False): the C escape function when available.
+_encode_string = json.encoder.encode_basestring
 _MS_PER_S = 1000
 
 __all__ = [
@@ -83,11 +85,19 @@ class Message(BaseModel):
 
         The append script turns it into ``{"s":N,"t":..}`` by splicing.
         """
+        ts = int(created_at * _MS_PER_S)
+        plain = not self.metadata and not self.tool_calls
+        if plain and self.name is None and self.tool_call_id is None:
+            # The common message, formatted directly: the same bytes as the encoder's output
+            # (one C string escape instead of a dict walk; ~1 us less per append). The role is
+            # one of Role's fixed values.
+            content = _encode_string(self.content)
+            return f'{{"t":{token_count:d},"r":"{self.role.value}","c":{content},"ts":{ts:d}}}'
         body: dict[str, Any] = {
             "t": token_count,
             "r": self.role.value,
             "c": self.content,
-            "ts": int(created_at * _MS_PER_S),
+            "ts": ts,
         }
         if self.name is not None:
             body["n"] = self.name
