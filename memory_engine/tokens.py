@@ -337,9 +337,9 @@ class TokenCounter:
             text.encode("utf-8", "surrogatepass"), digest_size=_DIGEST_BYTES
         ).digest()
         # No lock: each OrderedDict call below is one C operation on bytes keys, atomic under the
-        # GIL. A lock here (two per count) cost ~6 % of append throughput with eight threads
-        # (bench/append.py); what races can do is harmless: a hit on an entry another thread
-        # evicts meanwhile, one eviction too many, hit/miss counts off by a few.
+        # GIL, so a lock (two per count, on every append) would only add a point where threads
+        # wait. What races can do is harmless: a hit on an entry another thread evicts meanwhile,
+        # one eviction too many, hit/miss counts off by a few.
         cache = self._cache
         cached = cache.get(key)
         if cached is not None:
