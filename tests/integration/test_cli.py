@@ -11,6 +11,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -330,21 +332,37 @@ def test_flower_shortcut_refuses_to_start_without_credentials(redis_url: str) ->
     assert "refusing to start Flower without authentication" in result.stderr + result.stdout
 
 
-def test_up_runs_the_services_until_sigterm(tmp_path: Path) -> None:
-    port = free_port()
-    env = clean_env(flower_port=str(port))  # no Redis configured: `up` embeds one
+@contextmanager
+def running_up(
+    tmp_path: Path, *options: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[str], dict[str, Any]]]:
+    """`memory-engine up --json` with ``options``; yields the process and its "started" event,
+    and kills it on the way out if the test left it running."""
+    log = tmp_path / "up.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "memory_engine.cli", "up", "--json", "--loglevel", "WARNING"],
-        env=env,
+        [sys.executable, "-m", "memory_engine.cli", "up", "--json", *options],
+        env=env if env is not None else clean_env(),
         cwd=ROOT,
         stdout=subprocess.PIPE,
-        stderr=(tmp_path / "up.log").open("w"),
+        stderr=log.open("w"),
         text=True,
     )
     try:
         assert proc.stdout is not None
         started = json.loads(proc.stdout.readline() or "{}")
-        assert started.get("event") == "started", (tmp_path / "up.log").read_text()
+        assert started.get("event") == "started", log.read_text()
+        yield proc, started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_up_runs_the_services_until_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    env = clean_env(flower_port=str(port))  # no Redis configured: `up` embeds one
+    with running_up(tmp_path, "--loglevel", "WARNING", env=env) as (proc, started):
+        assert proc.stdout is not None
         pids = [pid for group in started["pids"].values() for pid in group]
         assert set(started["pids"]) == {"redis", "worker", "beat", "flower"}
         assert all(pid_alive(pid) for pid in pids)
@@ -363,52 +381,22 @@ def test_up_runs_the_services_until_sigterm(tmp_path: Path) -> None:
         stopped = json.loads(proc.stdout.readline())
         assert stopped["event"] == "stopped"
         assert [pid for pid in pids if pid_alive(pid)] == []
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
 
 
 def test_up_stops_everything_when_a_service_dies(tmp_path: Path) -> None:
-    env = clean_env()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "memory_engine.cli", "up", "--json", "--no-beat", "--no-flower"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=(tmp_path / "up.log").open("w"),
-        text=True,
-    )
-    try:
+    with running_up(tmp_path, "--no-beat", "--no-flower") as (proc, started):
         assert proc.stdout is not None
-        started = json.loads(proc.stdout.readline() or "{}")
-        assert started.get("event") == "started", (tmp_path / "up.log").read_text()
         os.killpg(started["pids"]["worker"][0], signal.SIGKILL)
         assert proc.wait(timeout=60) == 1
         assert not pid_alive(started["pids"]["redis"][0])
         assert "worker exited" in (tmp_path / "up.log").read_text() + proc.stdout.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
 
 
 def test_up_leaves_nothing_running_when_the_cli_itself_is_killed(tmp_path: Path) -> None:
     # SIGKILL gives the CLI no chance to stop its children: PR_SET_PDEATHSIG must (Linux).
     if not sys.platform.startswith("linux"):
         pytest.skip("PR_SET_PDEATHSIG is Linux-only")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "memory_engine.cli", "up", "--json", "--no-beat", "--no-flower"],
-        env=clean_env(),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=(tmp_path / "up.log").open("w"),
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        started = json.loads(proc.stdout.readline() or "{}")
-        assert started.get("event") == "started", (tmp_path / "up.log").read_text()
+    with running_up(tmp_path, "--no-beat", "--no-flower") as (proc, started):
         pids = {name: group[0] for name, group in started["pids"].items()}
         assert set(pids) == {"redis", "worker"} and all(pid_alive(p) for p in pids.values())
         proc.kill()
@@ -418,7 +406,3 @@ def test_up_leaves_nothing_running_when_the_cli_itself_is_killed(tmp_path: Path)
             timeout=60,
             what=f"the embedded Redis and the worker to stop after the CLI died ({pids})",
         )
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
