@@ -182,6 +182,17 @@ def test_catastrophic_pattern_raises_redaction_error_naming_it() -> None:
     assert isinstance(caught.value.__cause__, TimeoutError)
 
 
+@pytest.mark.parametrize("length", [4_000, 50_000], ids=["keeps-the-gil", "releases-the-gil"])
+def test_timeout_holds_whether_or_not_the_match_releases_the_gil(length: int) -> None:
+    # Texts up to 4,096 characters are matched holding the GIL, longer ones release it
+    # (privacy.py); the time budget must bound both.
+    r = redactor(r"(a+)+$", timeout_ms=20)
+    with pytest.raises(RedactionError, match="#0"):
+        r.redact_text("a" * length + "b")
+    fine = redactor(EMAIL)
+    assert fine.redact_text("write to a@b.co " * (length // 16))[1] == length // 16
+
+
 def test_timeout_in_tool_arguments_also_raises() -> None:
     r = redactor(r"(a+)+$", timeout_ms=20)
     calls = [{"function": {"name": "f", "arguments": "a" * 50_000 + "b"}}]
