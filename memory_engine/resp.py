@@ -90,6 +90,10 @@ class Lane:
         self.max_idle = max(0, min(LANE_MAX_IDLE, max_connections // 4))
         self._idle: list[Any] = []
         _lanes.add(self)
+        # A client dropped without close() must not keep its connections out of the pool: the
+        # pool would count them as in use for ever (and an injected pool could run dry).
+        finalizer = weakref.finalize(self, _give_back, pool, self._idle)
+        finalizer.atexit = False
 
     def send(self, head: bytes, head_count: int, args: Sequence[bytes]) -> Any:
         """Send ``head`` (``head_count`` arguments, from :func:`command_head`) plus ``args`` as one
@@ -141,16 +145,21 @@ class Lane:
 
     def close(self) -> None:
         """Give every idle connection back to the pool."""
-        while self._idle:
-            try:
-                conn = self._idle.pop()
-            except IndexError:
-                break
-            self.pool.release(conn)
+        _give_back(self.pool, self._idle)
 
     def _forget(self) -> None:
-        """In a forked child: the idle connections are the parent's; drop them unused."""
-        self._idle = []
+        """In a forked child: the idle connections are the parent's; drop them unused (cleared
+        in place: the finalizer holds this list)."""
+        self._idle.clear()
+
+
+def _give_back(pool: Any, idle: list[Any]) -> None:
+    while idle:
+        try:
+            conn = idle.pop()
+        except IndexError:
+            break
+        pool.release(conn)
 
 
 def _after_fork_in_child() -> None:

@@ -4,6 +4,7 @@ touches its parent's, and closing the client hands them back."""
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -136,6 +137,23 @@ def test_closing_the_client_gives_connections_back_to_an_injected_pool(
         assert injected.connection_pool._in_use_connections
     assert not injected.connection_pool._in_use_connections
     assert injected.ping()
+    injected.close()
+
+
+def test_a_client_dropped_without_close_gives_its_connections_back(
+    settings: Settings, redis_url: str
+) -> None:
+    from memory_engine.registry import ResourceRegistry
+    from memory_engine.resources import parse_resource
+
+    injected = redis.Redis.from_url(redis_url)
+    registry = ResourceRegistry([parse_resource(resource("conv"))])
+    c = MemoryClient(settings, redis=injected, registry=registry)
+    warm(c, "dropped", "x", "y")
+    assert injected.connection_pool._in_use_connections
+    del c
+    gc.collect()
+    assert not injected.connection_pool._in_use_connections
     injected.close()
 
 
