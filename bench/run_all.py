@@ -1,8 +1,8 @@
 """Run every benchmark in sequence, each in its own process (and its own Redis), then print the
 targets of all of them in one table and write ``bench/results/summary.json``.
 
-Run: ``.venv/bin/python bench/run_all.py`` (about 3 minutes here; ``--quick`` for a smoke run of
-about two minutes; ``--only append,cleanup`` to pick; ``--no-worker`` skips the Celery worker
+Run: ``.venv/bin/python bench/run_all.py`` (about 4 minutes here; ``--quick`` for a smoke run of
+about half a minute; ``--only append,cleanup`` to pick; ``--no-worker`` skips the Celery worker
 subprocess of the flush benchmark; ``--profile`` also runs ``bench/profile_append.py``).
 """
 
