@@ -49,6 +49,7 @@ def up(
         ShutdownRequested,
         describe,
         flower_credentials,
+        raise_if_shutdown_requested,
         shutdown_on_signals,
     )
 
@@ -83,6 +84,7 @@ def up(
                     )
                 out.print("Ctrl-C to stop.")
             while not services.dead():
+                raise_if_shutdown_requested()
                 time.sleep(UP_POLL_INTERVAL_S)
             dead = services.dead()[0]
             raise ServiceError(
@@ -122,7 +124,11 @@ def demo(
     """Start Redis (unless configured) and a worker, simulate agent conversations, report the
     flushes, then stop everything it started."""
     from memory_engine import demo as demo_module
-    from memory_engine.services import ShutdownRequested, shutdown_on_signals
+    from memory_engine.services import (
+        ShutdownRequested,
+        raise_if_shutdown_requested,
+        shutdown_on_signals,
+    )
 
     options = demo_module.DemoOptions(
         conversations=conversations,
@@ -140,6 +146,7 @@ def demo(
     try:
         with shutdown_on_signals():
             report = demo_module.run_demo(cli_settings(), options, hooks)
+            raise_if_shutdown_requested()  # a signal whose exception Python swallowed
     except (KeyboardInterrupt, ShutdownRequested):
         stderr_console().print("interrupted; every process the demo started was stopped")
         raise typer.Exit(EXIT_INTERRUPTED) from None

@@ -43,6 +43,7 @@ from memory_engine.services import (
     describe,
     flower_credentials,
     pid_alive,
+    raise_if_shutdown_requested,
 )
 from memory_engine.settings import Settings
 from memory_engine.store import translate_errors
@@ -253,7 +254,9 @@ def simulate(
         thread.start()
     try:
         for thread in pool:
-            thread.join()
+            while thread.is_alive():
+                thread.join(POLL_INTERVAL_S)
+                raise_if_shutdown_requested()
     finally:
         # Ctrl-C lands in the main thread: tell the agents to stop before the services go.
         stop.set()
@@ -283,6 +286,7 @@ def _drain(
     deadline = time.monotonic() + timeout_s
     try:
         while True:
+            raise_if_shutdown_requested()
             dead = services.dead()
             if dead:
                 tail = dead[0].log_tail()
@@ -304,6 +308,7 @@ def _drain(
         # Markers clear inside the commit, a moment before the task's success event is sent.
         grace = time.monotonic() + EVENTS_GRACE_S
         while events.open_flushes() and time.monotonic() < grace:
+            raise_if_shutdown_requested()
             time.sleep(POLL_INTERVAL_S)
         return True
     finally:
@@ -371,6 +376,7 @@ def _run(
             hooks.status(f"Flower at {report.flower['url']} (user {report.flower['user']})")
         deadline = time.monotonic() + EVENTS_READY_TIMEOUT_S
         while not events.seen_host(nodename) and time.monotonic() < deadline:
+            raise_if_shutdown_requested()
             time.sleep(POLL_INTERVAL_S)
         conversations = [
             make_conversation(i, options.messages_per_conversation, options.seed, run_id)

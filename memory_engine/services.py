@@ -50,6 +50,7 @@ __all__ = [
     "resolve_resources_dir",
     "service_root",
     "settings_env",
+    "raise_if_shutdown_requested",
     "shutdown_on_signals",
     "worker_args",
 ]
@@ -71,31 +72,54 @@ class ServiceError(MemoryEngineError):
 
 
 class ShutdownRequested(BaseException):
-    """Raised in the main thread on SIGTERM/SIGHUP so ``finally`` blocks stop the services."""
+    """Raised in the main thread on Ctrl-C, SIGTERM or SIGHUP so ``finally`` blocks stop the
+    services."""
 
     def __init__(self, signum: int) -> None:
         self.signum = signum
         super().__init__(f"received signal {signal.Signals(signum).name}")
 
 
+_requested_signal: int | None = None
+
+
 @contextlib.contextmanager
 def shutdown_on_signals(
-    signals: Sequence[int] = (signal.SIGTERM, signal.SIGHUP),
+    signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP),
 ) -> Iterator[None]:
-    """Turn ``signals`` into :class:`ShutdownRequested` while the block runs (main thread only)."""
+    """Turn ``signals`` into :class:`ShutdownRequested` while the block runs (main thread only).
+
+    The handler raises at once, wherever the main thread is. Python drops an exception raised
+    inside a weakref callback or ``__del__`` (it prints "Exception ignored in ..."), and a signal
+    can land there: a Ctrl-C was once lost that way and the demo ran to its end. So the handler
+    also records the signal, and the waiting loops call :func:`raise_if_shutdown_requested`.
+    """
+    global _requested_signal
 
     def handler(signum: int, frame: FrameType | None) -> None:
+        global _requested_signal
+        _requested_signal = signum
         raise ShutdownRequested(signum)
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    _requested_signal = None
     previous = {sig: signal.signal(sig, handler) for sig in signals}
     try:
         yield
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+        _requested_signal = None
+
+
+def raise_if_shutdown_requested() -> None:
+    """Raise :class:`ShutdownRequested` if a signal arrived inside :func:`shutdown_on_signals`
+    (main thread only: other threads stop when the main thread tells them to)."""
+    signum = _requested_signal
+    if signum is not None and threading.current_thread() is threading.main_thread():
+        raise ShutdownRequested(signum)
 
 
 def service_root() -> Path:
@@ -434,6 +458,7 @@ class Services:
         deadline = time.monotonic() + timeout_s
         try:
             while True:
+                raise_if_shutdown_requested()
                 if not worker.alive():
                     raise ServiceError(
                         f"worker exited with code {worker.popen.returncode} before it was "
@@ -456,6 +481,7 @@ class Services:
         """Wait until ``proc`` listens on loopback ``port`` (Flower)."""
         deadline = time.monotonic() + timeout_s
         while True:
+            raise_if_shutdown_requested()
             if not proc.alive():
                 raise ServiceError(
                     f"{proc.name} exited with code {proc.popen.returncode}{self._tail(proc)}"
