@@ -180,10 +180,13 @@ class Redactor:
         return text, total
 
     def redact_message(self, message: Message) -> tuple[Message, int]:
-        """A copy of ``message`` with content and tool-call arguments redacted, and the count.
+        """A copy of ``message`` with content, tool-call arguments and metadata values redacted,
+        and the count.
 
         Returns ``message`` itself when nothing matched (or the redactor is disabled). The input
-        is never modified: changed tool calls are rebuilt, unchanged ones are shared.
+        is never modified: changed tool calls and metadata are rebuilt, unchanged ones are shared.
+        Metadata keys, ``name`` and ``tool_call_id`` are identifiers and stay as they are (a
+        provider rejects a ``name`` outside ``[A-Za-z0-9_-]``, which a replacement would put in).
         """
         if not self._patterns:
             return message, 0
@@ -195,6 +198,11 @@ class Redactor:
             calls, replaced = self._redact_tool_calls(message.tool_calls)
             if replaced:
                 update["tool_calls"] = calls
+                total += replaced
+        if message.metadata:
+            metadata, replaced = self._redact_value(message.metadata)
+            if replaced:
+                update["metadata"] = metadata
                 total += replaced
         if not update:
             return message, 0

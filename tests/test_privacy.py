@@ -1,4 +1,5 @@
-"""Privacy: redaction of content and tool arguments, non-persistable roles, fail-closed timeouts."""
+"""Privacy: redaction of content, tool arguments and metadata, non-persistable roles, fail-closed
+timeouts."""
 
 from __future__ import annotations
 
@@ -152,6 +153,23 @@ def test_tool_call_arguments_redacted() -> None:
     assert message.tool_calls[0]["function"]["arguments"] == raw_args
     assert calls[0]["function"]["arguments"] == raw_args
     assert calls[2]["function"]["arguments"] == {"cc": ["dave@example.com"], "k": 1}
+
+
+def test_metadata_values_are_redacted_keys_and_identifiers_kept() -> None:
+    r = redactor(EMAIL)
+    metadata = {"contact": "erin@example.com", "ann@example.com": 1, "deep": {"cc": ["f@g.io", 2]}}
+    message = Message(role="user", content="hi", name="erin", metadata=metadata)
+    redacted, count = r.redact_message(message)
+    assert count == 2
+    assert redacted.metadata == {
+        "contact": "[REDACTED]",
+        "ann@example.com": 1,  # keys are the application's identifiers, not values
+        "deep": {"cc": ["[REDACTED]", 2]},
+    }
+    assert redacted.name == "erin" and redacted.content == "hi"
+    assert message.metadata["contact"] == "erin@example.com"  # input untouched
+    same, none = r.redact_message(Message(role="user", content="hi", metadata={"k": "v"}))
+    assert none == 0 and same.metadata == {"k": "v"}
 
 
 def test_secret_only_in_tool_arguments_is_found() -> None:

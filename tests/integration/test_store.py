@@ -116,11 +116,19 @@ def test_batch_limits(settings: Settings) -> None:
 
 def test_redaction_happens_before_storage(mc: MemoryClient, redis_client: redis.Redis) -> None:
     m = mc.memory("private", ctx("priv"))
-    res = m.append({"role": "user", "content": "mail me at jane.doe@example.com or j@x.org"})
-    assert res.redacted == 2
+    res = m.append(
+        {
+            "role": "user",
+            "content": "mail me at jane.doe@example.com or j@x.org",
+            "metadata": {"reply_to": "jane.doe@example.com", "tags": ["vip"]},
+        }
+    )
+    assert res.redacted == 3
     stored = redis_client.lrange(m.keys.msgs, 0, -1)
     assert b"example.com" not in stored[0] and b"x.org" not in stored[0]
-    assert m.read()[0].content == "mail me at [EMAIL] or [EMAIL]"
+    [message] = m.read()
+    assert message.content == "mail me at [EMAIL] or [EMAIL]"
+    assert message.metadata == {"reply_to": "[EMAIL]", "tags": ["vip"]}
 
 
 def test_non_persistable_roles_are_not_stored(mc: MemoryClient, redis_client: redis.Redis) -> None:
