@@ -78,10 +78,10 @@ METRIC_PREFIX = "memory_engine_"
 # An append is one Redis round trip plus validation and token counting: sub-millisecond on a
 # local Redis, a few milliseconds across a network. Few buckets: observe() scans them linearly.
 APPEND_LATENCY_BUCKETS_S = (0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
-# A flush spans a Redis-only FIFO trim (milliseconds) up to an LLM summary (tens of seconds,
-# bounded by the task time limit).
 # Appends queued before the append that finds this many folds them into the instruments.
 APPEND_DRAIN_AT = 256
+# A flush spans a Redis-only FIFO trim (milliseconds) up to an LLM summary (tens of seconds,
+# bounded by the task time limit).
 FLUSH_DURATION_BUCKETS_S = (0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 BREAKER_STATE_VALUES: dict[str, int] = {
@@ -129,8 +129,10 @@ class EngineMetrics:
         # Appends recorded and not yet folded into the instruments: (resource id, messages,
         # tokens, 1 trigger / 2 deduplicated / 0, seconds). See the module docstring.
         self.append_queue: deque[tuple[str, int, int, int, float]] = deque()
-        multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
-        self.drain_at = 1 if multiprocess else APPEND_DRAIN_AT
+        # Multiprocess mode: fold every append at once, waiting for a fold in progress, since no
+        # scrape of this process's queue will come.
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self.drain_at = 1 if self.multiprocess else APPEND_DRAIN_AT
         self._drain_lock = threading.Lock()
         # Registered first, so a collection folds the queue before the instruments report.
         self._drainer = _AppendDrainer(self)
@@ -427,7 +429,7 @@ def record_append(
     queue = metrics.append_queue
     queue.append((resource_id, len(pending), tokens, flush, time.perf_counter() - started_s))
     if len(queue) >= metrics.drain_at:
-        metrics.drain_appends(wait=False)
+        metrics.drain_appends(wait=metrics.multiprocess)
 
 
 def record_flush_request(resource_id: str, *, deduplicated: bool) -> None:
