@@ -14,6 +14,8 @@ import redis
 
 from memory_engine.client import MemoryClient
 from memory_engine.errors import StoreError, StoreUnavailable
+from memory_engine.registry import ResourceRegistry
+from memory_engine.resources import parse_resource
 from memory_engine.resp import LANE_MAX_IDLE, Lane
 from memory_engine.settings import Settings
 
@@ -124,37 +126,38 @@ def test_threads_share_a_bounded_set_of_connections(
     assert not mc.redis.connection_pool._in_use_connections
 
 
-def test_closing_the_client_gives_connections_back_to_an_injected_pool(
-    settings: Settings, redis_url: str
-) -> None:
-    from memory_engine.registry import ResourceRegistry
-    from memory_engine.resources import parse_resource
+@pytest.fixture
+def injected(redis_url: str) -> Iterator[redis.Redis]:
+    """An application's own Redis client, handed to MemoryClient (which must not close it)."""
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
 
-    injected = redis.Redis.from_url(redis_url)
+
+def client_on(settings: Settings, injected: redis.Redis) -> MemoryClient:
     registry = ResourceRegistry([parse_resource(resource("conv"))])
-    with MemoryClient(settings, redis=injected, registry=registry) as c:
+    return MemoryClient(settings, redis=injected, registry=registry)
+
+
+def test_closing_the_client_gives_connections_back_to_an_injected_pool(
+    settings: Settings, injected: redis.Redis
+) -> None:
+    with client_on(settings, injected) as c:
         warm(c, "injected", "x", "y")
         assert injected.connection_pool._in_use_connections
     assert not injected.connection_pool._in_use_connections
     assert injected.ping()
-    injected.close()
 
 
 def test_a_client_dropped_without_close_gives_its_connections_back(
-    settings: Settings, redis_url: str
+    settings: Settings, injected: redis.Redis
 ) -> None:
-    from memory_engine.registry import ResourceRegistry
-    from memory_engine.resources import parse_resource
-
-    injected = redis.Redis.from_url(redis_url)
-    registry = ResourceRegistry([parse_resource(resource("conv"))])
-    c = MemoryClient(settings, redis=injected, registry=registry)
+    c = client_on(settings, injected)
     warm(c, "dropped", "x", "y")
     assert injected.connection_pool._in_use_connections
     del c
     gc.collect()
     assert not injected.connection_pool._in_use_connections
-    injected.close()
 
 
 def _append_in_child(mc: MemoryClient, queue: multiprocessing.Queue[object]) -> None:
