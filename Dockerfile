@@ -9,14 +9,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Everything `pip install .` packages (pyproject: packages.find include + py-modules + readme).
-COPY pyproject.toml README.md beat_schedule.py ./
+# The library is installed as a wheel (it carries only `memory_engine`); the service's top-level
+# packages (worker, tasks, config, beat_schedule.py) run from /app, on PYTHONPATH.
+COPY pyproject.toml README.md ./
 COPY memory_engine ./memory_engine
+RUN pip install . \
+    && useradd --create-home --uid 10001 memory
+COPY beat_schedule.py ./
 COPY config ./config
 COPY tasks ./tasks
 COPY worker ./worker
-RUN pip install . \
-    && useradd --create-home --uid 10001 memory
+ENV PYTHONPATH=/app MEMORY_SERVICE_ROOT=/app
 
 # Resource YAML files shipped with the image; mount a volume over it to bring your own.
 ENV MEMORY_RESOURCES_DIR=/app/config/resources

@@ -3,7 +3,8 @@ existing queue; ``tests/test_beat_schedule.py`` checks that against the worker a
 
 Intervals come from settings (``MEMORY_CLEANUP_INTERVAL_S``, ``MEMORY_RECONCILE_INTERVAL_S``,
 ``MEMORY_MARKER_SWEEP_INTERVAL_S``). Each send expires after its interval, so a backlog built while
-workers were down does not pile up.
+workers were down does not pile up. Nothing is built at import: the worker app calls
+:func:`build_beat_schedule` with its settings.
 """
 
 from __future__ import annotations
@@ -11,15 +12,15 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from memory_engine.settings import Settings, load_settings
-from memory_engine.tasknames import (
+from memory_engine.settings import Settings
+from memory_engine.task_contract import (
     QUEUE_MAINTENANCE,
     TASK_CLEANUP,
     TASK_RECONCILE,
     TASK_SWEEP_MARKERS,
 )
 
-__all__ = ["beat_schedule", "build_beat_schedule"]
+__all__ = ["build_beat_schedule"]
 
 
 def build_beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -35,6 +36,3 @@ def build_beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         "memory-reconcile": entry(TASK_RECONCILE, settings.reconcile_interval_s),
         "memory-sweep-markers": entry(TASK_SWEEP_MARKERS, settings.marker_sweep_interval_s),
     }
-
-
-beat_schedule = build_beat_schedule(load_settings())

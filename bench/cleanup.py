@@ -6,7 +6,8 @@ past. Real keys exist only for the expired ones, as Redis would leave them: ``me
 expired), leftovers (``msgs``, ``summary``, ``used``) are present. Before each run the expired part
 is rebuilt (untimed), so every run finds the same work.
 
-Contenders, alternated: ``memory_engine.maintenance.cleanup`` (what the ``memory.cleanup`` task
+Contenders, alternated: ``memory_engine.engine.maintenance.cleanup`` (what the ``memory.cleanup``
+task
 runs), and a bare sweep for reference (``ZRANGEBYSCORE`` the expired ids, one pipeline of
 ``UNLINK`` per id + ``ZREM``: what the issue quotes at about 0.07 s). Commands are counted from
 ``INFO commandstats`` before and after each run (the INFO call itself excluded); a ``SCAN`` or
@@ -33,7 +34,7 @@ from common import (
 )
 
 from memory_engine.client import MemoryClient
-from memory_engine.maintenance import cleanup
+from memory_engine.engine.maintenance import cleanup
 
 ZADD_CHUNK = 10_000
 PIPELINE_COMMANDS = 20

@@ -10,7 +10,8 @@ Every script follows one protocol, because these machines are noisy:
 - every script prints a table and writes ``bench/results/<name>.json`` with the command, the
   machine and the date.
 
-Redis: an :class:`~memory_engine.embedded_redis.EmbeddedRedis` (a private ``redis-server`` on a free
+Redis: an :class:`~memory_engine.tooling.embedded_redis.EmbeddedRedis` (a private ``redis-server``
+on a free
 port) unless ``MEMORY_REDIS_URL`` is set. A server given that way must be disposable: the scripts
 use their own key prefixes and delete what they create, but the trigger-storm and flush benchmarks
 use the next database number as the Celery broker and empty it.
@@ -51,8 +52,8 @@ if str(ROOT) not in sys.path:  # `python bench/x.py` puts bench/ first, not the 
     sys.path.insert(0, str(ROOT))
 
 from memory_engine.client import MemoryClient  # noqa: E402
-from memory_engine.embedded_redis import EmbeddedRedis, find_redis_server  # noqa: E402
 from memory_engine.settings import Settings  # noqa: E402
+from memory_engine.tooling.embedded_redis import EmbeddedRedis, find_redis_server  # noqa: E402
 
 __all__ = [
     "BENCH_RESOURCES_YAML",

@@ -3,7 +3,8 @@
 Two measurements, each for ``simple_fifo`` (drops the oldest 500) and ``hybrid_summary`` (folds
 the oldest 500 into a summary written by an LLM):
 
-1. **engine op**: ``memory_engine.flush.flush_memory`` called in this process, one memory after
+1. **engine op**: ``memory_engine.engine.flush.flush_memory`` called in this process, one memory
+after
    another (lock, snapshot, plan, summarize, commit, unlock): the work a worker process does per
    task, without Celery. FIFO and hybrid blocks alternate; fresh memories are built before each
    block (untimed).
@@ -48,7 +49,7 @@ from common import (
 )
 
 from memory_engine.client import Memory, MemoryClient
-from memory_engine.flush import FlushStatus, flush_memory
+from memory_engine.engine.flush import FlushStatus, flush_memory
 from memory_engine.store import PendingMessage
 
 MEMORY_LENGTH = 1_000

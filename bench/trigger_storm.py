@@ -35,7 +35,7 @@ from common import (
 )
 
 from memory_engine.client import Memory, MemoryClient
-from memory_engine.tasknames import QUEUE_FLUSH
+from memory_engine.task_contract import QUEUE_FLUSH
 
 THREADS = 8
 APPENDS_PER_THREAD = 20

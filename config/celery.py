@@ -21,7 +21,7 @@ from typing import Any
 from kombu.entity import Queue
 
 from memory_engine.settings import Settings
-from memory_engine.tasknames import QUEUE_FLUSH, QUEUES, TASK_ROUTES
+from memory_engine.task_contract import QUEUE_FLUSH, QUEUES, TASK_ROUTES
 
 __all__ = ["RESULT_EXPIRES_S", "build_celery_config"]
 

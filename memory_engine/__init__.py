@@ -13,6 +13,7 @@ Workflow code imports only this package::
 from __future__ import annotations
 
 from memory_engine.client import Memory, MemoryClient
+from memory_engine.engine.flush import FlushResult, FlushStatus
 from memory_engine.errors import (
     ConfigError,
     FlushAlreadyRunning,
@@ -29,7 +30,6 @@ from memory_engine.errors import (
     SummarizerError,
     TransientError,
 )
-from memory_engine.flush import FlushResult, FlushStatus
 from memory_engine.messages import AppendResult, MemoryStats, Message, Page, Role
 from memory_engine.registry import ResourceRegistry
 from memory_engine.resources import MemoryResource, parse_resource

@@ -26,11 +26,11 @@ from memory_engine.registry import ResourceRegistry
 from memory_engine.resources import FlushingType, MemoryResource
 from memory_engine.settings import Settings, load_settings
 from memory_engine.store import MemoryStore, PendingMessage
-from memory_engine.tasknames import TASK_FLUSH
+from memory_engine.task_contract import TASK_FLUSH
 from memory_engine.tokens import TokenCounter, counter_for
 
 if TYPE_CHECKING:
-    from memory_engine.flush import FlushResult
+    from memory_engine.engine.flush import FlushResult
     from memory_engine.summarizers import Summarizer
     from memory_engine.token_providers import TokenCounters
 
@@ -67,7 +67,7 @@ class MemoryClient:
         producer: TaskProducer | None = None,
         summarizer: Summarizer | None = None,
     ) -> None:
-        from memory_engine.connections import redis_from_settings
+        from memory_engine.store.connections import redis_from_settings
 
         self.settings = settings or load_settings()
         self._owns_redis = redis is None
@@ -330,7 +330,7 @@ class Memory:
         has ``summary: true``) and the newest messages, within ``max_tokens`` (default: the
         resource's effective budget) and its token allocation. Order is kept; a tool call is
         never split from its results."""
-        from memory_engine.context import build_context
+        from memory_engine.engine.context import build_context
 
         return build_context(self, max_tokens)
 
@@ -339,13 +339,13 @@ class Memory:
     def flush(self, strategy: str | None = None, dry_run: bool = False) -> FlushResult:
         """Flush inline, now, with the resource's strategy (or ``strategy``). ``dry_run`` reports
         what would be removed and changes nothing. Same code as the ``memory.flush`` task."""
-        from memory_engine.flush import flush_memory
+        from memory_engine.engine.flush import flush_memory
 
         return flush_memory(self, strategy=strategy, dry_run=dry_run)
 
     def evict(self, policy: str | None = None) -> FlushResult:
         """Enforce the hard limits now, by the resource's eviction policy (or ``policy``)."""
-        from memory_engine.flush import evict_memory
+        from memory_engine.engine.flush import evict_memory
 
         return evict_memory(self, policy=policy)
 

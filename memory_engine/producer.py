@@ -12,7 +12,7 @@ from typing import Any
 
 from memory_engine.errors import StoreUnavailable
 from memory_engine.settings import Settings
-from memory_engine.tasknames import TASK_ROUTES
+from memory_engine.task_contract import TASK_ROUTES
 
 __all__ = ["SHOWN_TASK_ARGUMENTS", "TaskProducer", "task_kwargsrepr"]
 

@@ -25,9 +25,9 @@ from pydantic.functional_validators import AfterValidator, field_validator, mode
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from memory_engine.context_windows import context_window
 from memory_engine.errors import ConfigError
 from memory_engine.messages import Role
-from memory_engine.models import context_window
 
 __all__ = [
     "DEFAULT_FLUSH_LOCK_TTL_S",

@@ -7,9 +7,9 @@ from typing import Any
 
 from celery import shared_task
 
-from memory_engine.flush import FlushResult, FlushStatus, evict_memory, flush_memory
-from memory_engine.strategies.base import FlushPlan
-from memory_engine.tasknames import TASK_EVICT, TASK_FLUSH, TASK_SUMMARIZE
+from memory_engine.core.plans import FlushPlan
+from memory_engine.engine.flush import FlushResult, FlushStatus, evict_memory, flush_memory
+from memory_engine.task_contract import TASK_EVICT, TASK_FLUSH, TASK_SUMMARIZE
 from tasks.runtime import EngineTask, engine_client
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ def _retry_if_locked(task: Any, result: FlushResult) -> None:
         raise task.retry(countdown=LOCKED_RETRY_S * (task.request.retries + 1))
 
 
-class FlushTask(EngineTask):  # type: ignore[misc]
+class FlushTask(EngineTask):
     """Releases the flush marker when a flush finally fails (retries exhausted or a permanent
     error), so the next append can request a new one. A worker killed outright cannot run this:
     the marker's TTL bounds that case."""

@@ -6,8 +6,8 @@ from typing import Any
 
 from celery import shared_task
 
-from memory_engine import maintenance
-from memory_engine.tasknames import TASK_CLEANUP, TASK_EVICT, TASK_RECONCILE, TASK_SWEEP_MARKERS
+from memory_engine.engine import maintenance
+from memory_engine.task_contract import TASK_CLEANUP, TASK_EVICT, TASK_RECONCILE, TASK_SWEEP_MARKERS
 from tasks.runtime import EngineTask, engine_client
 
 

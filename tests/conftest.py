@@ -15,8 +15,8 @@ import pytest
 import redis
 
 from memory_engine.client import MemoryClient
-from memory_engine.embedded_redis import EmbeddedRedis
 from memory_engine.settings import Settings
+from memory_engine.tooling.embedded_redis import EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parent.parent
 RESOURCES_DIR = ROOT / "config" / "resources"

@@ -12,7 +12,7 @@ from celery import Celery
 import beat_schedule
 from memory_engine.errors import ConfigError
 from memory_engine.settings import Settings
-from memory_engine.tasknames import QUEUES, TASK_ROUTES
+from memory_engine.task_contract import QUEUES, TASK_ROUTES
 from worker.app import create_app
 
 SETTINGS = Settings(cleanup_interval_s=11, reconcile_interval_s=22, marker_sweep_interval_s=33)
@@ -26,7 +26,8 @@ def app() -> Celery:
 
 
 def schedules(app: Celery) -> list[tuple[str, str, dict[str, Any]]]:
-    found = [("beat_schedule.beat_schedule", n, e) for n, e in beat_schedule.beat_schedule.items()]
+    schedule = beat_schedule.build_beat_schedule(SETTINGS)
+    found = [("build_beat_schedule(SETTINGS)", n, e) for n, e in schedule.items()]
     found += [("create_app().conf.beat_schedule", n, e) for n, e in app.conf.beat_schedule.items()]
     return found
 

@@ -2,7 +2,7 @@
 
 Checks that the services exist, that every ``MEMORY_*`` variable is a Settings field and that the
 interpolated environment builds valid Settings, that commands are ``celery -A worker ...`` with
-queue names from ``memory_engine.tasknames`` (every queue consumed by some worker), that Redis
+queue names from ``memory_engine.task_contract`` (every queue consumed by some worker), that Redis
 persists (AOF) and requires a password, that Flower has basic auth, that every service has a
 health check, and that the image installs the whole project.
 """
@@ -20,7 +20,7 @@ import yaml
 from pydantic import SecretStr
 
 from memory_engine.settings import Settings
-from memory_engine.tasknames import QUEUE_FLUSH, QUEUE_MAINTENANCE, QUEUE_SUMMARIZE, QUEUES
+from memory_engine.task_contract import QUEUE_FLUSH, QUEUE_MAINTENANCE, QUEUE_SUMMARIZE, QUEUES
 from worker.flower_auth import configure_flower_auth
 
 ROOT = Path(__file__).resolve().parent.parent

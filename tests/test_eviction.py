@@ -9,18 +9,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memory_engine.errors import ConfigError
-from memory_engine.eviction import (
+from memory_engine.core.units import first_seq, seq_of, unit_seqs
+from memory_engine.engine.eviction import (
     Priority,
     eviction_order,
     policy_names,
     select_evictions,
     unit_priority,
 )
+from memory_engine.errors import ConfigError
 from memory_engine.messages import Message, Role
 from memory_engine.resources import DEFAULT_PRIORITY_KEYWORDS, EvictionPolicyType
 from memory_engine.strategies import group_units
-from memory_engine.strategies.units import first_seq, seq_of, unit_seqs
 from tests.builders import msg
 
 POLICIES = [p.value for p in EvictionPolicyType]

@@ -23,13 +23,13 @@ from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 from memory_engine import metrics
 from memory_engine.breakers import on_breaker_state
 from memory_engine.client import Memory, MemoryClient
+from memory_engine.engine.flush import FlushStatus
 from memory_engine.errors import ConfigError
-from memory_engine.flush import FlushStatus
-from memory_engine.locks import MemoryLock
 from memory_engine.producer import task_kwargsrepr
 from memory_engine.settings import Settings
 from memory_engine.store import PendingMessage
-from memory_engine.tasknames import QUEUE_FLUSH, QUEUES
+from memory_engine.store.locks import MemoryLock
+from memory_engine.task_contract import QUEUE_FLUSH, QUEUES
 from tests.integration.conftest import broker_url_for
 from tests.integration.helpers import client_with, ctx, resource
 from worker.metrics import QueueDepthCollector, _prepare_directory

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from memory_engine.context_windows import context_window
 from memory_engine.errors import ConfigError
-from memory_engine.models import context_window
 from memory_engine.resources import (
     DEFAULT_PRIORITY_KEYWORDS,
     EvictionPolicyType,

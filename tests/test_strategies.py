@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from memory_engine.core.units import Unit, first_seq, seq_of, unit_last_used, unit_seqs
 from memory_engine.errors import ConfigError
 from memory_engine.messages import Message, Role
 from memory_engine.resources import FlushingType, MemoryResource
@@ -28,7 +29,6 @@ from memory_engine.strategies import (
 )
 from memory_engine.strategies.hybrid import unit_cuts
 from memory_engine.strategies.token_lru import gds_priorities
-from memory_engine.strategies.units import Unit, first_seq, seq_of, unit_last_used, unit_seqs
 from tests.builders import msg
 
 ALL_STRATEGIES: list[Strategy] = [

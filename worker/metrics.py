@@ -49,7 +49,7 @@ from prometheus_client.registry import Collector
 from memory_engine import metrics as engine_metrics
 from memory_engine.metrics import FLUSH_DURATION_BUCKETS_S, METRIC_PREFIX
 from memory_engine.settings import Settings
-from memory_engine.tasknames import QUEUES
+from memory_engine.task_contract import QUEUES
 
 __all__ = [
     "METRICS_BIND_ADDRESS",

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from memory_engine.core.plans import FlushPlan, Snapshot, Strategy, Summary
+from memory_engine.core.units import Unit, group_units
 from memory_engine.errors import ConfigError
-from memory_engine.strategies.base import FlushPlan, Snapshot, Strategy, Summary
 from memory_engine.strategies.fifo import SimpleFifoStrategy
 from memory_engine.strategies.hybrid import HybridSummaryStrategy
 from memory_engine.strategies.lru import LruStrategy
 from memory_engine.strategies.token_lru import TokenAwareLruStrategy
-from memory_engine.strategies.units import Unit, group_units
 
 if TYPE_CHECKING:
     from memory_engine.resources import FlushingType

@@ -6,7 +6,7 @@ target is ``resource.flush_targets()`` for tokens *and* messages, token sums are
 at append, and tool calls leave together with their results.
 
 Cost: O(n) time and space for n messages, planned on the snapshot's columns (seq, tokens, system
-flag and tool-unit links read from the stored headers, :mod:`memory_engine.strategies.columns`):
+flag and tool-unit links read from the stored headers, :mod:`memory_engine.core.columns`):
 no message is decoded, and without tool calls the plan is one walk over three lists (~0.2 ms for
 1,000 messages). No extra Redis work.
 """
@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from memory_engine.strategies.units import plan_oldest_drops
+from memory_engine.core.units import plan_oldest_drops
 
 if TYPE_CHECKING:
+    from memory_engine.core.plans import FlushPlan, Snapshot
     from memory_engine.resources import MemoryResource
-    from memory_engine.strategies.base import FlushPlan, Snapshot
 
 __all__ = ["SimpleFifoStrategy"]
 

@@ -26,7 +26,7 @@ message was lost. Here the summarizer runs outside any lock and the commit remov
 named after writing the summary.
 
 Cost of planning: O(n) time and space for n messages, on the snapshot's columns (no message is
-decoded; :mod:`memory_engine.strategies.columns`); the work is the summarizer call that follows
+decoded; :mod:`memory_engine.core.columns`); the work is the summarizer call that follows
 (an LLM request on the ``memory.summarize`` queue, or the rule-based fallback), which decodes
 only the folded messages.
 """
@@ -38,13 +38,13 @@ from collections.abc import Sequence
 from itertools import accumulate
 from typing import TYPE_CHECKING
 
-from memory_engine.strategies.base import FlushPlan
-from memory_engine.strategies.columns import Columns, columns_of
+from memory_engine.core.columns import Columns, columns_of
+from memory_engine.core.plans import FlushPlan
 
 if TYPE_CHECKING:
+    from memory_engine.core.plans import Snapshot
     from memory_engine.messages import Message
     from memory_engine.resources import MemoryResource
-    from memory_engine.strategies.base import Snapshot
 
 __all__ = ["HybridSummaryStrategy", "unit_cuts"]
 

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from memory_engine.strategies.units import first_seq, group_units, plan_drops, unit_last_used
+from memory_engine.core.units import first_seq, group_units, plan_drops, unit_last_used
 
 if TYPE_CHECKING:
+    from memory_engine.core.plans import FlushPlan, Snapshot
     from memory_engine.resources import MemoryResource
-    from memory_engine.strategies.base import FlushPlan, Snapshot
 
 __all__ = ["LruStrategy"]
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from memory_engine.strategies.units import (
+from memory_engine.core.units import (
     Unit,
     first_seq,
     group_units,
@@ -48,8 +48,8 @@ from memory_engine.strategies.units import (
 )
 
 if TYPE_CHECKING:
+    from memory_engine.core.plans import FlushPlan, Snapshot
     from memory_engine.resources import MemoryResource
-    from memory_engine.strategies.base import FlushPlan, Snapshot
 
 __all__ = ["TokenAwareLruStrategy", "gds_priorities"]
 

@@ -18,7 +18,7 @@ from celery.contrib.testing.worker import start_worker
 
 from memory_engine.client import MemoryClient
 from memory_engine.settings import Settings
-from memory_engine.tasknames import QUEUES
+from memory_engine.task_contract import QUEUES
 
 WORKER_RESOURCES = """
 resource: memory

@@ -23,8 +23,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
-from memory_engine.embedded_redis import EmbeddedRedis
 from memory_engine.settings import Settings
+from memory_engine.tooling.embedded_redis import EmbeddedRedis
 
 __all__ = [
     "ROOT",

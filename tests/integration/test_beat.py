@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from memory_engine.tasknames import QUEUE_MAINTENANCE, TASK_SWEEP_MARKERS
+from memory_engine.task_contract import QUEUE_MAINTENANCE, TASK_SWEEP_MARKERS
 
 from .conftest import wait_for
 from .procs import ServiceProcess, beat_process, memory_env, private_broker, running

@@ -28,10 +28,10 @@ from memory_engine.breakers import (
     subscribe_breaker_state,
     unsubscribe_breaker_state,
 )
-from memory_engine.embedded_redis import EmbeddedRedis
 from memory_engine.errors import SummarizerError
 from memory_engine.keys import KeySpace
 from memory_engine.settings import Settings
+from memory_engine.tooling.embedded_redis import EmbeddedRedis
 
 from .conftest import wait_for
 from .procs import ROOT

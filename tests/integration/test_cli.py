@@ -20,10 +20,10 @@ import httpx
 import pytest
 
 from memory_engine.client import MemoryClient
-from memory_engine.embedded_redis import free_port
-from memory_engine.services import pid_alive
 from memory_engine.settings import Settings
-from memory_engine.tasknames import QUEUES
+from memory_engine.task_contract import QUEUES
+from memory_engine.tooling.embedded_redis import free_port
+from memory_engine.tooling.services import pid_alive
 
 from .conftest import broker_url_for, wait_for
 
@@ -43,7 +43,7 @@ def cli(
     *args: str, env: dict[str, str], timeout: float = CLI_TIMEOUT_S
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "memory_engine.cli", *args],
+        [sys.executable, "-m", "memory_engine.tooling.cli", *args],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -340,7 +340,7 @@ def running_up(
     and kills it on the way out if the test left it running."""
     log = tmp_path / "up.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "memory_engine.cli", "up", "--json", *options],
+        [sys.executable, "-m", "memory_engine.tooling.cli", "up", "--json", *options],
         env=env if env is not None else clean_env(),
         cwd=ROOT,
         stdout=subprocess.PIPE,

@@ -12,12 +12,12 @@ import pytest
 import redis
 
 from memory_engine.client import Memory, MemoryClient
-from memory_engine.flush import FlushStatus, flush_memory
+from memory_engine.core.columns import StoredMessages
+from memory_engine.core.plans import Snapshot
+from memory_engine.engine.flush import FlushStatus, flush_memory
 from memory_engine.messages import Message
 from memory_engine.settings import Settings
 from memory_engine.strategies import SimpleFifoStrategy
-from memory_engine.strategies.base import Snapshot
-from memory_engine.strategies.columns import StoredMessages
 
 from .helpers import client_with, ctx, resource, socket_writes
 

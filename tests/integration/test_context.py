@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from memory_engine.client import Memory, MemoryClient
-from memory_engine.context import _select
+from memory_engine.engine.context import _select
 from memory_engine.messages import Message
 from memory_engine.settings import Settings
 

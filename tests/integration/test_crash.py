@@ -24,8 +24,8 @@ import pytest
 import redis
 
 from memory_engine.client import Memory, MemoryClient
-from memory_engine.embedded_redis import EmbeddedRedis
-from memory_engine.tasknames import QUEUE_FLUSH, QUEUE_SUMMARIZE, TASK_FLUSH, TASK_SUMMARIZE
+from memory_engine.task_contract import QUEUE_FLUSH, QUEUE_SUMMARIZE, TASK_FLUSH, TASK_SUMMARIZE
+from memory_engine.tooling.embedded_redis import EmbeddedRedis
 from tests.llm_server import running_llm_server
 
 from .conftest import wait_for

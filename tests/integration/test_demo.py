@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from memory_engine.services import pid_alive
-from memory_engine.task_events import TaskEvents, percentile
+from memory_engine.tooling.services import pid_alive
+from memory_engine.tooling.task_events import TaskEvents, percentile
 
 from .conftest import broker_url_for, wait_for
 
@@ -31,7 +31,7 @@ def clean_env(**memory: str) -> dict[str, str]:
 
 def demo(*args: str, env: dict[str, str], timeout: float = DEMO_DEADLINE_S) -> Any:
     result = subprocess.run(
-        [sys.executable, "-m", "memory_engine.cli", "demo", "--json", *args],
+        [sys.executable, "-m", "memory_engine.tooling.cli", "demo", "--json", *args],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -127,7 +127,7 @@ def test_demo_on_a_configured_redis_cleans_up_its_memories(redis_url: str, key_p
 
 def test_unknown_demo_resource_exits_2_listing_the_demo_ids() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "memory_engine.cli", "demo", "--resource", "nope", "--json"],
+        [sys.executable, "-m", "memory_engine.tooling.cli", "demo", "--resource", "nope", "--json"],
         env=clean_env(),
         cwd=ROOT,
         capture_output=True,
@@ -141,10 +141,10 @@ def test_unknown_demo_resource_exits_2_listing_the_demo_ids() -> None:
 
 
 def test_demo_with_a_configured_redis_that_is_down_exits_3() -> None:
-    from memory_engine.embedded_redis import free_port
+    from memory_engine.tooling.embedded_redis import free_port
 
     result = subprocess.run(
-        [sys.executable, "-m", "memory_engine.cli", "demo", "--json"],
+        [sys.executable, "-m", "memory_engine.tooling.cli", "demo", "--json"],
         env=clean_env(redis_url=f"redis://127.0.0.1:{free_port()}/0"),
         cwd=ROOT,
         capture_output=True,
@@ -160,7 +160,7 @@ def test_demo_with_a_configured_redis_that_is_down_exits_3() -> None:
 def test_interrupted_demo_stops_everything_it_started(sig: signal.Signals, tmp_path: Path) -> None:
     log = (tmp_path / "demo.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "memory_engine.cli", "demo", "--conversations", "200"],
+        [sys.executable, "-m", "memory_engine.tooling.cli", "demo", "--conversations", "200"],
         env=clean_env(),
         cwd=ROOT,
         stdout=log,

@@ -19,9 +19,9 @@ import pytest
 import redis
 
 from memory_engine.client import Memory
-from memory_engine.embedded_redis import EmbeddedRedis, find_redis_server
 from memory_engine.errors import StoreUnavailable
 from memory_engine.settings import Settings
+from memory_engine.tooling.embedded_redis import EmbeddedRedis, find_redis_server
 
 from .accounting import Ledger, assert_all_accounted
 from .conftest import wait_for

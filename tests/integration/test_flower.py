@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from memory_engine.client import MemoryClient
-from memory_engine.embedded_redis import free_port
-from memory_engine.tasknames import QUEUE_FLUSH, TASK_FLUSH
+from memory_engine.task_contract import QUEUE_FLUSH, TASK_FLUSH
+from memory_engine.tooling.embedded_redis import free_port
 
 from .conftest import wait_for
 from .helpers import ctx

@@ -1,4 +1,5 @@
-"""``memory_engine.health`` against real processes: a Beat started by ``Services`` (celery-redbeat
+"""``memory_engine.tooling.health`` against real processes: a Beat started by ``Services``
+(celery-redbeat
 on the private Redis), real breaker state, and the in-process worker."""
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import pytest
 import redis
 
 from memory_engine.breakers import RedisBreakerStorage
-from memory_engine.health import CheckStatus, beat_status, check_health
 from memory_engine.keys import KeySpace
-from memory_engine.services import Services, pid_alive
 from memory_engine.settings import Settings
-from memory_engine.tasknames import QUEUES
+from memory_engine.task_contract import QUEUES
+from memory_engine.tooling.health import CheckStatus, beat_status, check_health
+from memory_engine.tooling.services import Services, pid_alive
 
 from .conftest import broker_url_for, wait_for
 

@@ -32,12 +32,12 @@ from memory_engine.breakers import (
     unsubscribe_breaker_state,
 )
 from memory_engine.client import Memory, MemoryClient
+from memory_engine.engine.flush import FlushStatus
 from memory_engine.errors import RedactionError
-from memory_engine.flush import FlushStatus
 from memory_engine.keys import KeySpace
 from memory_engine.settings import Settings
 from memory_engine.summarizers import FALLBACK_SOURCE
-from memory_engine.tasknames import QUEUE_FLUSH, QUEUE_SUMMARIZE
+from memory_engine.task_contract import QUEUE_FLUSH, QUEUE_SUMMARIZE
 from tests.llm_server import FakeLLMServer, running_llm_server
 
 from .conftest import broker_url_for, wait_for

@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 import redis
 
-from memory_engine import locks
-from memory_engine.locks import MemoryLock
+from memory_engine.store import locks
+from memory_engine.store.locks import MemoryLock
 
 from .conftest import wait_for
 

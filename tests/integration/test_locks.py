@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from memory_engine.errors import FlushAlreadyRunning, LockLost
-from memory_engine.locks import MemoryLock
+from memory_engine.store.locks import MemoryLock
 
 from .conftest import wait_for
 

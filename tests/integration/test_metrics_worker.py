@@ -23,8 +23,8 @@ from celery.result import AsyncResult
 from prometheus_client.parser import text_string_to_metric_families
 
 from memory_engine.client import Memory, MemoryClient
-from memory_engine.embedded_redis import free_port
-from memory_engine.tasknames import QUEUES, TASK_CLEANUP, TASK_EVICT, TASK_FLUSH
+from memory_engine.task_contract import QUEUES, TASK_CLEANUP, TASK_EVICT, TASK_FLUSH
+from memory_engine.tooling.embedded_redis import free_port
 from tests.llm_server import FakeLLMServer, running_llm_server
 
 from .conftest import broker_url_for, wait_for

@@ -18,7 +18,7 @@ import redis
 from kombu import Connection, Exchange, Queue
 
 from memory_engine.client import MemoryClient
-from memory_engine.tasknames import QUEUE_FLUSH, TASK_FLUSH
+from memory_engine.task_contract import QUEUE_FLUSH, TASK_FLUSH
 
 from .conftest import wait_for
 from .helpers import ctx

@@ -16,8 +16,8 @@ from memory_engine.client import MemoryClient
 from memory_engine.errors import StoreError, StoreUnavailable
 from memory_engine.registry import ResourceRegistry
 from memory_engine.resources import parse_resource
-from memory_engine.resp import LANE_MAX_IDLE, Lane
 from memory_engine.settings import Settings
+from memory_engine.store.lane import LANE_MAX_IDLE, Lane
 
 from .helpers import client_with, ctx, resource
 

@@ -24,11 +24,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from memory_engine.client import Memory, MemoryClient
-from memory_engine.embedded_redis import EmbeddedRedis
 from memory_engine.errors import KeyTemplateError, StoreError, StoreUnavailable
 from memory_engine.keys import PROJECT_ID_PATTERN, KeySpace, project_of, render_key
 from memory_engine.settings import Settings
-from memory_engine.tasknames import QUEUE_FLUSH, QUEUES
+from memory_engine.task_contract import QUEUE_FLUSH, QUEUES
+from memory_engine.tooling.embedded_redis import EmbeddedRedis
 from tests.llm_server import FakeLLMServer, running_llm_server
 
 from .conftest import wait_for

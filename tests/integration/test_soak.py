@@ -27,9 +27,9 @@ import redis
 
 from memory_engine.client import Memory, MemoryClient
 from memory_engine.errors import MemoryEngineError
-from memory_engine.locks import MemoryLock
 from memory_engine.settings import Settings
-from memory_engine.tasknames import QUEUES
+from memory_engine.store.locks import MemoryLock
+from memory_engine.task_contract import QUEUES
 
 from .accounting import Ledger, account_memory, assert_all_accounted
 from .conftest import broker_url_for, wait_for
@@ -138,7 +138,7 @@ def test_flush_requested_while_the_lock_is_held_still_runs(
     """A flush task that finds the memory's lock held (another flush finishing: it already
     cleared the marker, then an append set it again) must not just exit: the marker would stay
     set, blocking every flush of the memory until its TTL. It runs once the lock is free."""
-    caplog.set_level(logging.INFO, logger="memory_engine.flush")
+    caplog.set_level(logging.INFO, logger="memory_engine.engine.flush")
     memory = engine.memory("fifo-small", ctx(uuid.uuid4().hex[:8]))
     lock = MemoryLock(engine.redis, memory.keys.lock, ttl_s=30)
     lock.acquire()

@@ -12,10 +12,10 @@ import redis
 from celery import Celery
 
 from memory_engine.client import Memory, MemoryClient
+from memory_engine.engine.flush import FlushStatus, flush_memory
 from memory_engine.errors import LockLost
-from memory_engine.flush import FlushStatus, flush_memory
 from memory_engine.settings import Settings
-from memory_engine.tasknames import (
+from memory_engine.task_contract import (
     QUEUE_FLUSH,
     TASK_CLEANUP,
     TASK_EVICT,
@@ -244,7 +244,7 @@ def test_reconcile_fixes_drifted_metadata(
 def test_sweep_requests_a_new_flush_when_a_task_was_lost(
     engine: MemoryClient, redis_client: redis.Redis
 ) -> None:
-    from memory_engine.maintenance import sweep_markers
+    from memory_engine.engine.maintenance import sweep_markers
 
     m = engine.memory("fifo-small", conv())
     # Eight appends through a client whose broker is unreachable: the marker is released and

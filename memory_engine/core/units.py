@@ -25,13 +25,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from memory_engine.core.columns import Columns, columns_of, list_tokens
+from memory_engine.core.plans import FlushPlan
 from memory_engine.messages import Message, Role
-from memory_engine.strategies.base import FlushPlan
-from memory_engine.strategies.columns import Columns, columns_of, list_tokens
 
 if TYPE_CHECKING:
+    from memory_engine.core.plans import Snapshot
     from memory_engine.resources import MemoryResource
-    from memory_engine.strategies.base import Snapshot
 
 __all__ = [
     "DropFn",
@@ -270,7 +270,7 @@ def plan_drops(
 
 def plan_oldest_drops(name: str, snapshot: Snapshot, resource: MemoryResource) -> FlushPlan:
     """:func:`plan_drops` with every unit in seq order (oldest first), planned on the
-    snapshot's columns (:mod:`memory_engine.strategies.columns`): no message is decoded."""
+    snapshot's columns (:mod:`memory_engine.core.columns`): no message is decoded."""
     columns = columns_of(snapshot.messages)
 
     def drop(tokens: int, messages: int, tt: int | None, tm: int | None) -> DropResult:

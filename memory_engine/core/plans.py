@@ -36,9 +36,9 @@ class Snapshot:
     """A consistent read of one memory: list, metadata epoch and summary from one MULTI.
 
     ``messages`` is the list in seq order: a tuple, or (from the store) a
-    :class:`~memory_engine.strategies.columns.StoredMessages` that decodes a message only when it
+    :class:`~memory_engine.core.columns.StoredMessages` that decodes a message only when it
     is read, so planners that need seqs and token counts only
-    (:func:`~memory_engine.strategies.columns.columns_of`) never decode the list.
+    (:func:`~memory_engine.core.columns.columns_of`) never decode the list.
     """
 
     key: str

@@ -5,7 +5,7 @@ Every command takes ``--json`` (one JSON document on stdout, errors included) an
 unknown resource, bad ``--context``), ``3`` Redis unavailable. Settings come from ``MEMORY_*``
 environment variables. This module holds the commands about resources and memories; the
 service commands (``up``, ``demo``, ``worker``, ``beat``, ``flower``) live in
-:mod:`memory_engine.cli_services`.
+:mod:`memory_engine.tooling.cli_services`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from memory_engine.cli_services import services_app
-from memory_engine.cli_support import (
+from memory_engine.errors import ConfigError
+from memory_engine.tooling.cli_services import services_app
+from memory_engine.tooling.cli_support import (
     EXIT_FAILURE,
     EXIT_USAGE,
     ContextOption,
@@ -38,7 +39,6 @@ from memory_engine.cli_support import (
     stderr_console,
     stdout_console,
 )
-from memory_engine.errors import ConfigError
 
 __all__ = ["app", "main"]
 
@@ -365,7 +365,7 @@ def cleanup(
     json_output: JsonOption = False,
 ) -> None:
     """Remove leftovers of expired memories (through the expiry index)."""
-    from memory_engine import maintenance
+    from memory_engine.engine import maintenance
 
     with cli_client() as client:
         if json_output:
@@ -397,7 +397,7 @@ def health(
     json_output: JsonOption = False,
 ) -> None:
     """Check Redis, the broker, workers, Beat, queues and breakers. Exit 0 healthy, 1 not."""
-    from memory_engine.health import CheckStatus, check_health
+    from memory_engine.tooling.health import CheckStatus, check_health
 
     report = check_health(
         cli_settings(), require_beat=require_beat, ping_timeout_s=timeout, max_backlog=max_backlog

@@ -15,7 +15,7 @@ import threading
 from collections import Counter
 from typing import Any
 
-from memory_engine.tasknames import TASK_FLUSH
+from memory_engine.task_contract import TASK_FLUSH
 
 __all__ = ["TaskEvents", "percentile"]
 

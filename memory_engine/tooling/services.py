@@ -32,10 +32,10 @@ from typing import Any, TextIO
 
 from pydantic import SecretStr
 
-from memory_engine.embedded_redis import EmbeddedRedis
 from memory_engine.errors import ConfigError, MemoryEngineError
 from memory_engine.settings import Settings
-from memory_engine.tasknames import QUEUES
+from memory_engine.task_contract import QUEUES
+from memory_engine.tooling.embedded_redis import EmbeddedRedis
 
 __all__ = [
     "ManagedProcess",
@@ -123,20 +123,20 @@ def raise_if_shutdown_requested() -> None:
 
 
 def service_root() -> Path:
-    """The directory holding this installation's ``worker`` package (the repo root when run from
-    a checkout, ``site-packages`` when installed). Found without importing ``worker``."""
-    root = Path(__file__).resolve().parent.parent
-    if (root / "worker" / "__init__.py").is_file():
-        return root
-    import importlib.util
-
-    spec = importlib.util.find_spec("worker")  # locates only; nothing is imported
-    if spec is None or spec.origin is None:
-        raise ConfigError(
-            "the service package 'worker' is not installed next to memory_engine; "
-            "install the memory-engine distribution (pip install memory-engine)"
-        )
-    return Path(spec.origin).resolve().parent.parent
+    """The directory holding the service's top-level ``worker`` package: ``MEMORY_SERVICE_ROOT``
+    when set, else the checkout this package was installed from (editable install), else the
+    working directory. The library wheel carries no service code (docs/architecture.md)."""
+    configured = os.environ.get("MEMORY_SERVICE_ROOT")
+    candidates = [Path(configured)] if configured else []
+    candidates += [Path(__file__).resolve().parents[2], Path.cwd()]
+    for root in candidates:
+        if (root / "worker" / "__init__.py").is_file():
+            return root.resolve()
+    raise ConfigError(
+        "the service (the top-level 'worker', 'tasks' and 'config' packages) was not found: run "
+        "from a checkout of memory-engine or set MEMORY_SERVICE_ROOT to one "
+        f"(looked in {', '.join(str(c) for c in candidates)})"
+    )
 
 
 def resolve_resources_dir(settings: Settings) -> Settings:

@@ -1,19 +1,20 @@
 """The Redis store: every read and write of memory data, one round trip each where possible.
 
-Writes that touch several keys of one memory are Lua scripts (``memory_engine/lua/*.lua``), loaded
-once per store and called by SHA. The global index updates (expiry, last access) ride in the same
+Writes that touch several keys of one memory are Lua scripts (``store/lua/*.lua``), loaded once
+per store and called by SHA. The global index updates (expiry, last access) ride in the same
 pipeline as separate commands, so they stay out of the per-memory script (Redis Cluster: other
 slots) while still costing no extra round trip on a single node. redis-py errors become
 :class:`StoreUnavailable` / :class:`StoreError` here, at the edge.
 
 Index scores may lag (the append hot path): an append writes the two index entries of a memory
 only when this store has not written them within ``min(INDEX_REFRESH_MAX_S, ttl / 10)``; the
-appends in between are a lone ``EVALSHA`` sent on the lean path of :mod:`memory_engine.resp`
+appends in between are a lone ``EVALSHA`` sent on the lean path of :mod:`memory_engine.store.lane`
 (about 60 us of client time less than a redis-py pipeline carrying the two ``ZADD`` s). So an
 entry's score can be up to 60 s older than the memory's last append, and that is harmless:
 
 - expiry index: a stale score is earlier than the real expiry, and cleanup
-  (:func:`memory_engine.maintenance.cleanup`) treats scores as hints: it removes a memory only
+  (:func:`~memory_engine.engine.maintenance.cleanup`) treats scores as hints: it removes a memory
+  only
   when its metadata is gone (``PTTL`` -2) and re-indexes a live one with its real TTL. So a memory
   is never removed early; the keys themselves expire on time in Redis (every key carries the TTL);
 - access index: read only by reconcile (a window of twice its interval, 30 min by default) and
@@ -24,24 +25,23 @@ entry's score can be up to 60 s older than the memory's last append, and that is
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, NamedTuple, TypeVar
 
 import redis
 from redis import exceptions as redis_errors
 
+from memory_engine.core.columns import StoredMessages, columns_of, position_of_seq, seq_runs
+from memory_engine.core.plans import Snapshot, Summary
 from memory_engine.errors import FlushConflict, LockLost, StoreError, StoreUnavailable
 from memory_engine.keys import KeySpace, MemoryKeys
 from memory_engine.messages import Message
-from memory_engine.resp import command_head, lane_for
-from memory_engine.strategies.base import Snapshot, Summary
-from memory_engine.strategies.columns import StoredMessages, columns_of, position_of_seq, seq_runs
+from memory_engine.store.lane import command_head, lane_for
+from memory_engine.store.scripts import script_sha, script_source
 
 __all__ = ["CommitResult", "ContextWindow", "MemoryStore", "PendingMessage", "translate_errors"]
 
@@ -117,22 +117,15 @@ def translate_errors(what: str) -> Iterator[None]:
         raise StoreError(f"Redis error during {what}: {exc}") from exc
 
 
-def _load_script(name: str) -> str:
-    return resources.files("memory_engine").joinpath(f"lua/{name}.lua").read_text("utf-8")
-
-
 class MemoryStore:
     """Data access for memories. Thread-safe: redis-py's pool hands each call its connection."""
 
     def __init__(self, client: redis.Redis, keyspace: KeySpace) -> None:
         self.redis = client
         self.keyspace = keyspace
-        self._sources = {name: _load_script(name) for name in _SCRIPT_NAMES}
+        self._sources = {name: script_source(name) for name in _SCRIPT_NAMES}
         # SHA1 computed locally: no round trip at start-up; scripts are loaded on first NOSCRIPT.
-        self._shas = {
-            name: hashlib.sha1(src.encode("utf-8")).hexdigest()
-            for name, src in self._sources.items()
-        }
+        self._shas = {name: script_sha(name) for name in _SCRIPT_NAMES}
         # memory id -> `now` of the last index write by an append of this store (module
         # docstring). A plain dict: single operations are atomic under the GIL, and a race
         # between two threads costs one redundant ZADD, never a missing one.
@@ -254,7 +247,8 @@ class MemoryStore:
     def _send_append(
         self, script_keys: tuple[str, ...], static: tuple[Any, ...], dynamic: list[bytes]
     ) -> Any:
-        """The append script alone, on the lean path of :mod:`memory_engine.resp` when the client
+        """The append script alone, on the lean path of :mod:`~memory_engine.store.lane` when the
+        client
         allows it. Its leading arguments (sha, keys, the resource's ARGV) are packed once per
         memory and resource and memoised."""
         lane = self._lane

@@ -9,6 +9,20 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from memory_engine.core.columns import (
+    StoredMessages,
+    columns_of,
+    messages_with_seqs,
+    position_of_seq,
+    seq_runs,
+)
+from memory_engine.core.units import (
+    first_seq,
+    message_tokens,
+    plan_drops,
+    seq_of,
+    total_tokens,
+)
 from memory_engine.messages import Message, Role
 from memory_engine.resources import MemoryResource
 from memory_engine.strategies import (
@@ -18,20 +32,6 @@ from memory_engine.strategies import (
     Snapshot,
     Summary,
     group_units,
-)
-from memory_engine.strategies.columns import (
-    StoredMessages,
-    columns_of,
-    messages_with_seqs,
-    position_of_seq,
-    seq_runs,
-)
-from memory_engine.strategies.units import (
-    first_seq,
-    message_tokens,
-    plan_drops,
-    seq_of,
-    total_tokens,
 )
 
 # ---- builders -------------------------------------------------------------------------------

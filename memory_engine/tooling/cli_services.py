@@ -11,7 +11,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from memory_engine.cli_support import (
+from memory_engine.tooling.cli_support import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
     JsonOption,
@@ -43,7 +43,7 @@ def up(
 ) -> None:
     """Run worker, Beat and Flower (and an embedded Redis if MEMORY_REDIS_URL is unset) until
     Ctrl-C or SIGTERM, then stop them all."""
-    from memory_engine.services import (
+    from memory_engine.tooling.services import (
         ServiceError,
         Services,
         ShutdownRequested,
@@ -123,8 +123,8 @@ def demo(
 ) -> None:
     """Start Redis (unless configured) and a worker, simulate agent conversations, report the
     flushes, then stop everything it started."""
-    from memory_engine import demo as demo_module
-    from memory_engine.services import (
+    from memory_engine.tooling import demo as demo_module
+    from memory_engine.tooling.services import (
         ShutdownRequested,
         raise_if_shutdown_requested,
         shutdown_on_signals,
@@ -159,7 +159,7 @@ def demo(
 
 
 def _exec_celery(command: str, args: list[str], json_output: bool) -> NoReturn:
-    from memory_engine.services import Services, celery_argv, service_root
+    from memory_engine.tooling.services import Services, celery_argv, service_root
 
     services = Services(cli_settings())
     argv = celery_argv(command, *args)
@@ -179,7 +179,7 @@ _PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 @handled
 def worker(ctx: typer.Context, json_output: JsonOption = False) -> None:
     """Exec `celery -A worker worker` on every engine queue; extra arguments are passed on."""
-    from memory_engine.services import worker_args
+    from memory_engine.tooling.services import worker_args
 
     _exec_celery("worker", [*worker_args(loglevel="INFO"), *ctx.args], json_output)
 

@@ -28,19 +28,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from memory_engine.core.units import group_units
 from memory_engine.messages import Message, Role
 from memory_engine.resources import FlushingType
-from memory_engine.strategies.units import group_units
 
 if TYPE_CHECKING:
-    from memory_engine.client import Memory
+    from memory_engine.engine.handle import MemoryHandle
 
 __all__ = ["build_context"]
 
 _LRU = {FlushingType.LRU, FlushingType.TOKEN_AWARE_LRU}
 
 
-def build_context(memory: Memory, max_tokens: int | None = None) -> list[Message]:
+def build_context(memory: MemoryHandle, max_tokens: int | None = None) -> list[Message]:
     resource = memory.resource
     budget = max_tokens if max_tokens is not None else resource.effective_max_tokens
     keys = memory.keys
@@ -68,7 +68,7 @@ def _seq(m: Message) -> int:
 
 
 def _select(
-    memory: Memory,
+    memory: MemoryHandle,
     budget: int | None,
     systems: list[Message],
     tail: list[Message],
@@ -148,7 +148,7 @@ def _summary_message(summary: dict[str, Any]) -> Message | None:
     )
 
 
-def _truncate_summary(memory: Memory, msg: Message, room: int) -> Message | None:
+def _truncate_summary(memory: MemoryHandle, msg: Message, room: int) -> Message | None:
     counter = memory.client.counter_for(memory.resource)
     overhead = counter.count_message(Message(role=Role.SYSTEM, content="x")) - counter.count_text(
         "x"

@@ -6,7 +6,7 @@ down, a burst outran the worker): it removes just enough, by the resource's ``ev
 what remains to be at or under both limits. Evicted messages are counted as evicted by the named
 policy, so every message stays accounted for.
 
-Rules shared with the flush strategies (:mod:`memory_engine.strategies.units`): system messages are
+Rules shared with the flush strategies (:mod:`memory_engine.core.units`): system messages are
 never evicted; a tool call and its results leave together; only seqs of the given messages are
 returned. When the limits cannot be met without system messages, every other message is evicted.
 
@@ -35,10 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
-from memory_engine.errors import ConfigError
-from memory_engine.messages import Message, Role
-from memory_engine.resources import DEFAULT_PRIORITY_KEYWORDS
-from memory_engine.strategies.units import (
+from memory_engine.core.units import (
     Unit,
     drop_until_target,
     first_seq,
@@ -48,6 +45,9 @@ from memory_engine.strategies.units import (
     total_tokens,
     unit_last_used,
 )
+from memory_engine.errors import ConfigError
+from memory_engine.messages import Message, Role
+from memory_engine.resources import DEFAULT_PRIORITY_KEYWORDS
 
 if TYPE_CHECKING:
     from memory_engine.resources import EvictionPolicyType

@@ -153,7 +153,7 @@ def handled(func: Callable[P, R]) -> Callable[P, R]:
 
 
 def cli_settings() -> Settings:
-    from memory_engine.services import resolve_resources_dir
+    from memory_engine.tooling.services import resolve_resources_dir
 
     return resolve_resources_dir(load_settings())
 

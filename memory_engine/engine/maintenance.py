@@ -16,7 +16,7 @@ from memory_engine.errors import ConfigError, MemoryEngineError
 from memory_engine.store import translate_errors
 
 if TYPE_CHECKING:
-    from memory_engine.client import MemoryClient
+    from memory_engine.engine.handle import EngineClient
 
 __all__ = [
     "CleanupReport",
@@ -52,7 +52,7 @@ class CleanupReport:
 
 
 def cleanup(
-    client: MemoryClient,
+    client: EngineClient,
     *,
     now: float | None = None,
     batch: int = CLEANUP_BATCH,
@@ -133,7 +133,7 @@ class ReconcileReport:
 
 
 def reconcile(
-    client: MemoryClient,
+    client: EngineClient,
     *,
     since_s: float,
     now: float | None = None,
@@ -182,7 +182,7 @@ class SweepReport:
 
 
 def sweep_markers(
-    client: MemoryClient,
+    client: EngineClient,
     *,
     stale_after_s: float,
     now: float | None = None,
@@ -195,7 +195,7 @@ def sweep_markers(
     - marker still set and the memory above a hard limit: the flush cannot keep up (summarizer
       down, no worker on its queue), so the memory is listed for ``memory.evict``.
     """
-    from memory_engine.flush import over_hard_limit
+    from memory_engine.engine.flush import over_hard_limit
 
     now = time.time() if now is None else now
     ks = client.keyspace

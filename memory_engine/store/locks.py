@@ -13,7 +13,6 @@ gone sets :attr:`MemoryLock.lost`, and :meth:`MemoryLock.check` raises :class:`L
 
 from __future__ import annotations
 
-import functools
 import heapq
 import itertools
 import logging
@@ -22,14 +21,14 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from importlib import resources
 from types import TracebackType
 from typing import Any
 
 import redis
 
 from memory_engine.errors import FlushAlreadyRunning, LockLost
-from memory_engine.store import translate_errors
+from memory_engine.store.memory import translate_errors
+from memory_engine.store.scripts import script_source
 
 __all__ = ["MemoryLock"]
 
@@ -37,11 +36,6 @@ log = logging.getLogger(__name__)
 
 RENEW_FRACTION = 3  # renew every ttl/3: two renewals may fail before the lock lapses
 _STALE_SLACK = 64  # released locks' heap entries tolerated before the renewer's heap is compacted
-
-
-@functools.cache
-def _script(name: str) -> str:
-    return resources.files("memory_engine").joinpath(f"lua/{name}.lua").read_text("utf-8")
 
 
 class _Renewer:
@@ -137,8 +131,8 @@ class MemoryLock:
         self.renew_interval_s = self.ttl_ms / 1000 / RENEW_FRACTION
         self.what = what
         self.token = secrets.token_hex(16)
-        self._release = client.register_script(_script("lock_release"))
-        self._renew = client.register_script(_script("lock_renew"))
+        self._release = client.register_script(script_source("lock_release"))
+        self._renew = client.register_script(script_source("lock_renew"))
         self._held = False
         self._released = False
         self.lost = threading.Event()

@@ -1,7 +1,7 @@
 """A snapshot's messages as planning columns, read from the stored form without decoding them all.
 
 Planning a flush needs four facts per message: its ``seq``, its stored token count, whether it is a
-system message, and which tool unit it belongs to (:mod:`memory_engine.strategies.units`).
+system message, and which tool unit it belongs to (:mod:`memory_engine.core.units`).
 Decoding every element of a 1,000-message snapshot into a :class:`Message` took ~7 ms, more than
 the rest of a FIFO flush together, and a FIFO flush never looks at a message's content.
 

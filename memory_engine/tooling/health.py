@@ -40,7 +40,7 @@ import redis
 
 from memory_engine.keys import KeySpace
 from memory_engine.settings import Settings
-from memory_engine.tasknames import QUEUES
+from memory_engine.task_contract import QUEUES
 
 __all__ = [
     "BEAT_OVERDUE_GRACE_S",

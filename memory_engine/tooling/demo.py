@@ -5,8 +5,8 @@ It starts an embedded Redis (unless ``MEMORY_REDIS_URL`` is set), a ``celery -A 
 :class:`~memory_engine.client.MemoryClient` from a few threads, waits for the flushes the appends
 triggered, reports what happened, and stops every process it started.
 
-Task latency is timed with Celery task events (:mod:`memory_engine.task_events`), from the moment
-an append requested a flush to the moment the task that committed it finished.
+Task latency is timed with Celery task events (:mod:`~memory_engine.tooling.task_events`), from the
+moment an append requested a flush to the moment the task that committed it finished.
 """
 
 from __future__ import annotations
@@ -26,18 +26,21 @@ from urllib.parse import urlsplit
 import redis
 
 from memory_engine.client import Memory, MemoryClient
-from memory_engine.demo_conversations import (
+from memory_engine.errors import ConfigError, ResourceNotFound
+from memory_engine.messages import Message
+from memory_engine.producer import TaskProducer
+from memory_engine.registry import ResourceRegistry
+from memory_engine.settings import Settings
+from memory_engine.store import translate_errors
+from memory_engine.task_contract import QUEUES
+from memory_engine.tooling.demo_conversations import (
     DEMO_RESOURCE_IDS,
     DEMO_RESOURCES_YAML,
     Conversation,
     make_conversation,
 )
-from memory_engine.embedded_redis import free_port
-from memory_engine.errors import ConfigError, ResourceNotFound
-from memory_engine.messages import Message
-from memory_engine.producer import TaskProducer
-from memory_engine.registry import ResourceRegistry
-from memory_engine.services import (
+from memory_engine.tooling.embedded_redis import free_port
+from memory_engine.tooling.services import (
     ServiceError,
     Services,
     describe,
@@ -45,10 +48,7 @@ from memory_engine.services import (
     pid_alive,
     raise_if_shutdown_requested,
 )
-from memory_engine.settings import Settings
-from memory_engine.store import translate_errors
-from memory_engine.task_events import TaskEvents, percentile
-from memory_engine.tasknames import QUEUES
+from memory_engine.tooling.task_events import TaskEvents, percentile
 
 __all__ = ["DemoHooks", "DemoOptions", "DemoReport", "render_report", "rich_hooks", "run_demo"]
 

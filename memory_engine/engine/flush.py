@@ -18,17 +18,17 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict
 
 from memory_engine import metrics
+from memory_engine.core.columns import messages_with_seqs
+from memory_engine.core.plans import FlushPlan, Snapshot, Summary
+from memory_engine.engine.eviction import select_evictions
 from memory_engine.errors import FlushAlreadyRunning, FlushConflict
-from memory_engine.eviction import select_evictions
-from memory_engine.locks import MemoryLock
 from memory_engine.messages import Message, Role
 from memory_engine.resources import FlushingType
+from memory_engine.store.locks import MemoryLock
 from memory_engine.strategies import get_strategy
-from memory_engine.strategies.base import FlushPlan, Snapshot, Summary
-from memory_engine.strategies.columns import messages_with_seqs
 
 if TYPE_CHECKING:
-    from memory_engine.client import Memory
+    from memory_engine.engine.handle import MemoryHandle
     from memory_engine.summarizers import Summarizer
 
 __all__ = ["FlushResult", "FlushStatus", "evict_memory", "flush_memory", "over_hard_limit"]
@@ -75,20 +75,20 @@ BeforeCommit = Callable[[FlushPlan], None]
 HandOff = Callable[[FlushPlan], None]
 
 
-def over_hard_limit(memory: Memory) -> bool:
+def over_hard_limit(memory: MemoryHandle) -> bool:
     """True when the memory is above ``max_tokens`` (list + summary) or ``max_messages``."""
     stats = memory.stats()
     return _over_limits(memory, stats.message_count, stats.token_count + stats.summary_tokens)
 
 
-def _over_limits(memory: Memory, message_count: int, tokens_with_summary: int) -> bool:
+def _over_limits(memory: MemoryHandle, message_count: int, tokens_with_summary: int) -> bool:
     max_tokens, max_messages = memory.resource.effective_max_tokens, memory.resource.max_messages
     if max_tokens and tokens_with_summary > max_tokens:
         return True
     return bool(max_messages and message_count > max_messages)
 
 
-def _clear_marker(memory: Memory) -> Callable[[Any], None]:
+def _clear_marker(memory: MemoryHandle) -> Callable[[Any], None]:
     """The commands of ``MemoryStore.clear_flush_marker`` (marker and pending-index entry), to
     ride in the pipeline that releases the lock: a flush ends in one round trip."""
     keys, pending_index = memory.keys, memory.client.keyspace.pending_index
@@ -102,7 +102,7 @@ def _clear_marker(memory: Memory) -> Callable[[Any], None]:
 
 @metrics.instrument_flush("flush")
 def flush_memory(
-    memory: Memory,
+    memory: MemoryHandle,
     *,
     strategy: str | None = None,
     dry_run: bool = False,
@@ -230,7 +230,7 @@ def flush_memory(
 
 
 def build_summary(
-    memory: Memory, snap: Snapshot, plan: FlushPlan, summarizer: Summarizer
+    memory: MemoryHandle, snap: Snapshot, plan: FlushPlan, summarizer: Summarizer
 ) -> Summary:
     """Progressive summary: the previous summary plus the newly folded messages only."""
     folded = messages_with_seqs(snap.messages, plan.summarize)  # decodes only these
@@ -252,7 +252,7 @@ def build_summary(
 
 
 @metrics.instrument_flush("evict")
-def evict_memory(memory: Memory, *, policy: str | None = None) -> FlushResult:
+def evict_memory(memory: MemoryHandle, *, policy: str | None = None) -> FlushResult:
     """Enforce hard limits by the resource's eviction policy (or ``policy``)."""
     lock = MemoryLock(
         memory.client.redis, memory.keys.lock, memory.resource.locking.flush_ttl_s, what="evict"
@@ -271,7 +271,9 @@ def evict_memory(memory: Memory, *, policy: str | None = None) -> FlushResult:
         lock.release()
 
 
-def _evict_locked(memory: Memory, lock: MemoryLock, *, policy: str | None = None) -> FlushResult:
+def _evict_locked(
+    memory: MemoryHandle, lock: MemoryLock, *, policy: str | None = None
+) -> FlushResult:
     resource = memory.resource
     name = str(policy or resource.eviction.policy)
     store = memory.client.store
@@ -346,7 +348,7 @@ def _summary_tokens(snap: Snapshot) -> int:
 
 
 def _result(
-    memory: Memory,
+    memory: MemoryHandle,
     name: str,
     status: FlushStatus,
     plan: FlushPlan,
