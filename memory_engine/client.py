@@ -14,8 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import redis
-
 from memory_engine import metrics
 from memory_engine.errors import KeyTemplateError, MessageValidationError
 from memory_engine.keys import KeySpace, MemoryKeys, project_of, render_key
@@ -26,6 +24,7 @@ from memory_engine.registry import ResourceRegistry
 from memory_engine.resources import FlushingType, MemoryResource
 from memory_engine.settings import Settings, load_settings
 from memory_engine.store import MemoryStore, PendingMessage
+from memory_engine.store.connections import RedisClient
 from memory_engine.task_contract import TASK_FLUSH
 from memory_engine.tokens import TokenCounter, counter_for
 
@@ -61,7 +60,7 @@ class MemoryClient:
     def __init__(
         self,
         settings: Settings | None = None,
-        redis: redis.Redis | None = None,
+        redis: RedisClient | None = None,
         *,
         registry: ResourceRegistry | None = None,
         producer: TaskProducer | None = None,

@@ -8,7 +8,7 @@ from redis.retry import Retry
 
 from memory_engine.settings import Settings
 
-__all__ = ["redis_from_settings"]
+__all__ = ["RedisClient", "ping_url", "redis_from_settings"]
 
 HEALTH_CHECK_INTERVAL_S = 30
 
@@ -30,3 +30,17 @@ def redis_from_settings(settings: Settings) -> redis.Redis:
         retry=Retry(NoBackoff(), 0),
         client_name="memory-engine",
     )
+
+
+RedisClient = redis.Redis
+"""The client type the rest of the library is handed (it never imports redis-py itself)."""
+
+
+def ping_url(url: str, *, timeout_s: float) -> None:
+    """One ``PING`` over a short-lived connection; raises redis-py's error when it fails
+    (:func:`~memory_engine.store.memory.translate_errors` maps those to the engine's tree)."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+    try:
+        client.ping()
+    finally:
+        client.close()

@@ -40,9 +40,8 @@ from memory_engine.summarizers.prompt import SYSTEM_PROMPT, Prompt, build_prompt
 from memory_engine.summarizers.rule_based import RuleBasedSummarizer
 
 if TYPE_CHECKING:
-    import redis
-
     from memory_engine.messages import Message
+    from memory_engine.store.connections import RedisClient
     from memory_engine.tokens import TokenCounter
 
 __all__ = [
@@ -123,7 +122,7 @@ def _base_url(settings: Settings, default: str) -> str:
     return url
 
 
-def build_summarizer(settings: Settings, redis: redis.Redis | None = None) -> Summarizer:
+def build_summarizer(settings: Settings, redis: RedisClient | None = None) -> Summarizer:
     """The summarizer the settings ask for.
 
     ``rule_based`` -> :class:`RuleBasedSummarizer`. ``openai``/``anthropic`` ->

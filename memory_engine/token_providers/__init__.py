@@ -50,10 +50,9 @@ from memory_engine.token_providers.counter import ProviderTokenCounter, count_me
 from memory_engine.tokens import TokenCounter, counter_for
 
 if TYPE_CHECKING:
-    import redis
-
     from memory_engine.resources import MemoryResource, TokenProviderConfig
     from memory_engine.settings import Settings
+    from memory_engine.store.connections import RedisClient
 
 __all__ = [
     # results
@@ -84,7 +83,7 @@ def build_token_counter(
     model: str | None,
     settings: Settings,
     *,
-    redis: redis.Redis | None = None,
+    redis: RedisClient | None = None,
 ) -> ProviderTokenCounter:
     """The counter for one ``token_provider`` (see the module's table).
 
@@ -130,7 +129,7 @@ class TokenCounters:
     ``token_provider``, one :class:`ProviderTokenCounter` per distinct provider configuration
     otherwise (built on first use, then reused). Thread-safe."""
 
-    def __init__(self, settings: Settings, redis: redis.Redis | None = None) -> None:
+    def __init__(self, settings: Settings, redis: RedisClient | None = None) -> None:
         self.settings = settings
         self.redis = redis
         self._lock = threading.Lock()

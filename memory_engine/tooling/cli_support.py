@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
 
-import redis
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -31,6 +30,7 @@ from memory_engine.errors import (
     StoreUnavailable,
 )
 from memory_engine.settings import Settings, load_settings
+from memory_engine.store import inspect, translate_errors
 
 __all__ = [
     "EXIT_FAILURE",
@@ -113,7 +113,7 @@ def emit_json(data: Any, *, line: bool = False) -> None:
 
 def exit_code_for(exc: BaseException) -> int:
     """Map an exception to the documented exit codes."""
-    if isinstance(exc, StoreUnavailable | redis.ConnectionError | redis.TimeoutError):
+    if isinstance(exc, StoreUnavailable):
         return EXIT_REDIS_UNAVAILABLE
     if isinstance(exc, ConfigError | KeyTemplateError | MessageValidationError | UsageProblem):
         return EXIT_USAGE
@@ -141,13 +141,12 @@ def handled(func: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         json_output = bool(kwargs.get("json_output", False))
         try:
-            return func(*args, **kwargs)
+            with translate_errors("the command"):
+                return func(*args, **kwargs)
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
         except MemoryEngineError as exc:
             fail(exc, json_output)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            fail(StoreUnavailable(f"Redis unavailable: {exc}"), json_output)
 
     return wrapper
 
@@ -186,16 +185,13 @@ def parse_context(raw: str | None) -> dict[str, Any]:
 
 def resolve_memory(client: Any, resource: str | None, context: str | None, key: str | None) -> Any:
     """The memory named by RESOURCE + --context, or by --key (resource read from its metadata)."""
-    from memory_engine.store import translate_errors
-
     if key:
         resource_id = resource
         if resource_id is None:
             with translate_errors("inspect"):
-                raw = client.redis.hget(client.keyspace.memory(key).meta, "resource_id")
-            if not raw:
+                resource_id = inspect.resource_id_of(client.redis, client.keyspace, key)
+            if not resource_id:
                 raise UsageProblem(f"memory {key!r} does not exist; pass --resource to name it")
-            resource_id = raw.decode() if isinstance(raw, bytes) else str(raw)
         return client.memory_by_id(key, resource_id)
     if not resource:
         raise UsageProblem("give RESOURCE with --context, or --key MEMORY_ID")

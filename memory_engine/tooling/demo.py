@@ -23,15 +23,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import redis
-
 from memory_engine.client import Memory, MemoryClient
 from memory_engine.errors import ConfigError, ResourceNotFound
 from memory_engine.messages import Message
 from memory_engine.producer import TaskProducer
 from memory_engine.registry import ResourceRegistry
 from memory_engine.settings import Settings
-from memory_engine.store import translate_errors
+from memory_engine.store import inspect, translate_errors
 from memory_engine.task_contract import QUEUES
 from memory_engine.tooling.demo_conversations import (
     DEMO_RESOURCE_IDS,
@@ -279,7 +277,7 @@ def _drain(
     settings = client.settings
     broker_url = settings.broker_dsn()
     broker = (
-        redis.Redis.from_url(broker_url, socket_timeout=settings.socket_timeout_s)
+        inspect.client_for_url(broker_url, timeout_s=settings.socket_timeout_s)
         if urlsplit(broker_url).scheme in ("redis", "rediss", "unix")
         else None  # another broker: rely on the flush markers alone
     )
@@ -295,11 +293,8 @@ def _drain(
                     + (f"; last log lines:\n{tail}" if tail else "")
                 )
             with translate_errors("demo drain"):
-                pipe = client.redis.pipeline(transaction=False)
-                for memory in memories:
-                    pipe.exists(memory.keys.flush)
-                pending = sum(int(x) for x in pipe.execute())
-                backlog = sum(int(broker.llen(q)) for q in QUEUES) if broker else 0
+                pending = inspect.flushes_pending(client.redis, (m.keys.flush for m in memories))
+                backlog = sum(inspect.queue_lengths(broker, QUEUES)[0].values()) if broker else 0
             if not pending and not backlog:
                 break
             if time.monotonic() > deadline:

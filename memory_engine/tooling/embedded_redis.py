@@ -18,9 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
-import redis
-
-from memory_engine.errors import ConfigError, StoreUnavailable
+from memory_engine.errors import ConfigError, StoreError, StoreUnavailable
+from memory_engine.store import translate_errors
+from memory_engine.store.connections import ping_url
 
 __all__ = ["EmbeddedRedis", "find_redis_server", "free_port"]
 
@@ -117,27 +117,24 @@ class EmbeddedRedis:
             start_new_session=True,
             preexec_fn=self.preexec_fn,
         )
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5, socket_timeout=1)
         deadline = time.monotonic() + START_TIMEOUT_S
-        try:
-            while True:
-                if self.proc.poll() is not None:
-                    raise StoreUnavailable(
-                        f"redis-server exited with code {self.proc.returncode}; "
-                        f"see {self.data_dir / 'redis.log'}"
-                    )
-                try:
-                    # LOADING while an AOF replays: wait until it answers PING.
-                    if client.ping():
-                        return self
-                except (redis.ConnectionError, redis.BusyLoadingError, redis.TimeoutError):
-                    pass
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise StoreUnavailable(f"redis-server did not answer on port {self.port}")
-                time.sleep(0.02)
-        finally:
-            client.close()
+        while True:
+            if self.proc.poll() is not None:
+                raise StoreUnavailable(
+                    f"redis-server exited with code {self.proc.returncode}; "
+                    f"see {self.data_dir / 'redis.log'}"
+                )
+            try:
+                # LOADING while an AOF replays: wait until it answers PING.
+                with translate_errors("redis-server start"):
+                    ping_url(self.url, timeout_s=0.5)
+                return self
+            except StoreError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise StoreUnavailable(f"redis-server did not answer on port {self.port}")
+            time.sleep(0.02)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         proc, self.proc = self.proc, None

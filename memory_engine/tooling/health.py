@@ -36,10 +36,10 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
-import redis
-
+from memory_engine.errors import StoreUnavailable
 from memory_engine.keys import KeySpace
 from memory_engine.settings import Settings
+from memory_engine.store import inspect, translate_errors
 from memory_engine.task_contract import QUEUES
 
 __all__ = [
@@ -113,22 +113,18 @@ class HealthReport:
         }
 
 
-def _redis(url: str, timeout_s: float) -> redis.Redis:
+def _redis(url: str, timeout_s: float) -> Any:
     # No retries: a health check reports what it sees now, within its timeout.
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        client_name="memory-engine-health",
-    )
+    return inspect.client_for_url(url, timeout_s=timeout_s, name="memory-engine-health")
 
 
 def _guard(name: str, check: Callable[[], CheckResult]) -> CheckResult:
     """Run ``check``; an unexpected exception is that check's failure, never a crash."""
     try:
-        return check()
-    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-        return CheckResult(name, CheckStatus.FAIL, f"unreachable: {exc}")
+        with translate_errors(f"the {name} check"):
+            return check()
+    except StoreUnavailable as exc:
+        return CheckResult(name, CheckStatus.FAIL, f"unreachable: {exc.__cause__ or exc}")
     except Exception as exc:
         return CheckResult(name, CheckStatus.FAIL, f"{type(exc).__name__}: {exc}")
 
@@ -136,10 +132,8 @@ def _guard(name: str, check: Callable[[], CheckResult]) -> CheckResult:
 def check_redis(settings: Settings) -> CheckResult:
     client = _redis(settings.redis_dsn(), settings.socket_connect_timeout_s)
     try:
-        started = time.perf_counter()
-        client.ping()
-        latency_ms = (time.perf_counter() - started) * 1000
-        version = str(client.info("server").get("redis_version", "?"))
+        info = inspect.redis_info(client)
+        latency_ms, version = info.latency_ms, info.version
     finally:
         client.close()
     return CheckResult(
@@ -196,7 +190,7 @@ def _last_run_at(raw_meta: Any) -> float | None:
 
 
 def beat_status(
-    client: redis.Redis,
+    client: Any,
     keyspace: KeySpace,
     *,
     lock_timeout_s: float,
@@ -210,11 +204,9 @@ def beat_status(
     ``beat_max_loop_interval`` (settings ``beat_lock_timeout_s``, ``beat_max_loop_interval_s``).
     """
     now = time.time() if now is None else now
-    pipe = client.pipeline(transaction=False)
-    pipe.zrange(keyspace.beat_schedule, 0, BEAT_MAX_ENTRIES - 1, withscores=True)
-    pipe.pttl(keyspace.beat_lock)
-    entries, lock_ttl_ms = pipe.execute()
-    lock_ttl_s = int(lock_ttl_ms) / 1000 if int(lock_ttl_ms) > 0 else None
+    state = inspect.beat_state(client, keyspace, max_entries=BEAT_MAX_ENTRIES)
+    entries = state.entries
+    lock_ttl_s = state.lock_ttl_ms / 1000 if state.lock_ttl_ms is not None else None
     if not entries and lock_ttl_s is None:
         status = CheckStatus.FAIL if require_beat else CheckStatus.UNKNOWN
         return CheckResult(
@@ -223,14 +215,11 @@ def beat_status(
             f"no Beat has run against this broker (nothing under {keyspace.beat_prefix})",
             {"lock_held": False, "last_tick_age_s": None, "last_sent_at": None, "entries": 0},
         )
-    keys = [_decode(member) for member, _score in entries]
-    pipe = client.pipeline(transaction=False)
-    for key in keys:
-        pipe.hget(key, "meta")
-    runs = [r for r in (_last_run_at(raw) for raw in pipe.execute()) if r is not None]
+    keys = [key for key, _score in entries]
+    runs = [r for r in (_last_run_at(raw) for raw in state.metas) if r is not None]
     last_sent_at = max(runs) if runs else None
     # Scores are the next due times (unix seconds); -1 marks an entry that never runs again.
-    due = [(now - float(score), key) for (_m, score), key in zip(entries, keys) if score >= 0]
+    due = [(now - score, key) for key, score in entries if score >= 0]
     overdue_s, overdue_key = max(due, default=(0.0, ""), key=lambda pair: pair[0])
     # Every tick extends the lock back to the full timeout, so what is gone of it is the time
     # since the last tick.
@@ -261,15 +250,10 @@ def beat_status(
     return CheckResult("beat", CheckStatus.OK, f"Beat ticked {tick_age_s:.0f} s ago; {sent}", data)
 
 
-def check_queues(client: redis.Redis, max_backlog: int) -> CheckResult:
-    pipe = client.pipeline(transaction=False)
-    for queue in QUEUES:
-        pipe.llen(queue)
-    pipe.hlen(UNACKED_HASH)
-    *lengths, unacked = pipe.execute()
-    backlog = {queue: int(n) for queue, n in zip(QUEUES, lengths)}
+def check_queues(client: Any, max_backlog: int) -> CheckResult:
+    backlog, unacked = inspect.queue_lengths(client, QUEUES, UNACKED_HASH)
     total = sum(backlog.values())
-    data = {"backlog": backlog, "total": total, "unacked": int(unacked), "max": max_backlog}
+    data = {"backlog": backlog, "total": total, "unacked": unacked, "max": max_backlog}
     listed = ", ".join(f"{q}={n}" for q, n in backlog.items())
     if total > max_backlog:
         return CheckResult(
@@ -278,7 +262,7 @@ def check_queues(client: redis.Redis, max_backlog: int) -> CheckResult:
     return CheckResult("queues", CheckStatus.OK, f"backlog {total} ({listed})", data)
 
 
-def check_breakers(client: redis.Redis, keyspace: KeySpace) -> CheckResult:
+def check_breakers(client: Any, keyspace: KeySpace) -> CheckResult:
     if importlib.util.find_spec("memory_engine.breakers") is None:
         return CheckResult("breakers", CheckStatus.SKIPPED, "no circuit breakers in this build")
     module = importlib.import_module("memory_engine.breakers")

@@ -357,21 +357,13 @@ class Services:
         not answer, instead of starting services that would retry forever."""
         from urllib.parse import urlsplit
 
-        import redis
-
         from memory_engine.store import translate_errors
+        from memory_engine.store.connections import ping_url
 
         urls = {self.settings.redis_dsn(), self.settings.broker_dsn()}
         for url in sorted(u for u in urls if urlsplit(u).scheme in ("redis", "rediss", "unix")):
-            timeout_s = self.settings.socket_connect_timeout_s
-            client = redis.Redis.from_url(
-                url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
-            )
-            try:
-                with translate_errors(f"start-up ({redact_url(url)})"):
-                    client.ping()
-            finally:
-                client.close()
+            with translate_errors(f"start-up ({redact_url(url)})"):
+                ping_url(url, timeout_s=self.settings.socket_connect_timeout_s)
 
     # ---- children ------------------------------------------------------------------------
 

@@ -103,9 +103,9 @@ def layer_of(module: str) -> int:
     best, index = -1, -1
     for i, (_, prefixes) in enumerate(LAYERS):
         for prefix in prefixes:
-            if module == prefix or module.startswith(prefix + "."):
-                if len(prefix) > best:
-                    best, index = len(prefix), i
+            inside = module == prefix or module.startswith(prefix + ".")
+            if inside and len(prefix) > best:
+                best, index = len(prefix), i
     assert index >= 0, f"{module} belongs to no layer: add it to LAYERS"
     return index
 
