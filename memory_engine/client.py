@@ -244,6 +244,7 @@ class Memory:
             appended=len(pending),
             message_count=outcome.message_count,
             token_count=outcome.token_count,
+            message_tokens=outcome.message_tokens,
             first_seq=outcome.first_seq,
             last_seq=outcome.last_seq,
             flush_requested=flush_requested,

@@ -78,6 +78,7 @@ class AppendOutcome(NamedTuple):
     flush_requested: bool
     epoch: int
     flush_deduplicated: bool = False  # at threshold, but a flush was already pending
+    message_tokens: int = 0  # tokens of the messages this append stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +250,7 @@ class MemoryStore:
             self._write_index(memory_id, now, ttl_s)
         if index_due or created:
             self._remember_indexed(memory_id, now)
-        return AppendOutcome(first, last, count, total, flush == 1, epoch, flush == 2)
+        return AppendOutcome(first, last, count, total, flush == 1, epoch, flush == 2, tokens)
 
     def _send_append(
         self, script_keys: tuple[str, ...], static: tuple[Any, ...], dynamic: list[bytes]

@@ -63,6 +63,18 @@ def test_append_then_read_round_trip(mc: MemoryClient) -> None:
     assert got[1].name == "bot"
 
 
+def test_append_result_reports_the_message_tokens_and_the_memory_total(mc: MemoryClient) -> None:
+    m = mc.memory("conv", ctx("message-tokens"))
+    counter = counter_for(None)
+    first = Message(role="user", content="Hello there, how are you today?")
+    second = [Message(role="assistant", content="Fine."), Message(role="user", content="Good!")]
+    r1 = m.append(first)
+    r2 = m.append_many(second)
+    assert r1.message_tokens == r1.token_count == counter.count_message(first)
+    assert r2.message_tokens == sum(counter.count_message(x) for x in second)
+    assert r2.token_count == r1.token_count + r2.message_tokens == m.stats().token_count
+
+
 def test_append_many_is_all_or_none(mc: MemoryClient, redis_client: redis.Redis) -> None:
     m = mc.memory("conv", ctx("batch"))
     m.append({"role": "user", "content": "first"})
