@@ -351,10 +351,14 @@ class Memory:
         return evict_memory(self, policy=policy)
 
     def request_flush(self) -> bool:
-        """Enqueue a flush unless one is pending. False when a flush was already pending."""
-        if not self.client.store.set_flush_marker(
+        """Enqueue a flush unless one is pending. False when a flush was already pending, or
+        when the memory does not exist (then nothing is written and nothing enqueued)."""
+        was_set = self.client.store.set_flush_marker(
             self.keys, self.client.settings.flush_marker_ttl_s
-        ):
+        )
+        if was_set is None:
+            return False
+        if not was_set:
             metrics.record_flush_request(self.resource.id, deduplicated=True)
             return False
         metrics.record_flush_request(self.resource.id, deduplicated=False)

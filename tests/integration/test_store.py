@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable, Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
@@ -17,6 +19,7 @@ from memory_engine.settings import Settings
 from memory_engine.store import INDEX_REFRESH_MAX_S
 from memory_engine.tokens import counter_for
 
+from .accounting import Ledger, assert_all_accounted
 from .helpers import client_with, ctx, resource, socket_writes
 
 
@@ -251,6 +254,29 @@ def test_clear_and_delete(mc: MemoryClient, redis_client: redis.Redis) -> None:
     assert m.stats().ttl_s == -2
 
 
+def test_a_deleted_memory_leaves_nothing_behind(
+    mc: MemoryClient, redis_client: redis.Redis
+) -> None:
+    m = mc.memory("conv", ctx("gone"))
+    m.append_many([{"role": "user", "content": f"m{i}"} for i in range(3)])
+    seqs = [x.seq for x in m.read() if x.seq is not None]
+    assert m.delete() is True
+    # Late callers: a flush request and a read's use record arriving after the delete.
+    assert m.request_flush() is False
+    mc.store.record_use(m.keys, seqs, ttl_s=3600)
+    left = list(redis_client.scan_iter(match=f"*{{{m.key}}}*", count=1000))
+    assert left == []
+    for index in (mc.keyspace.pending_index, mc.keyspace.access_index, mc.keyspace.expiry_index):
+        assert redis_client.zscore(index, m.key) is None
+    # A memory recreated under the same key starts clean, and requests work on it again.
+    m.append({"role": "user", "content": "again"})
+    assert redis_client.exists(m.keys.used) == 0
+    assert m.request_flush() is True
+    assert redis_client.zscore(mc.keyspace.pending_index, m.key) is not None
+    mc.store.record_use(m.keys, [4], ttl_s=3600)
+    assert redis_client.zrange(m.keys.used, 0, -1) == [b"4"]
+
+
 def test_stats_reports_budget(mc: MemoryClient) -> None:
     m = mc.memory("conv", ctx("st"))
     res = m.append({"role": "user", "content": "hello " * 50})
@@ -357,6 +383,55 @@ def test_scripts_reload_after_script_flush(mc: MemoryClient, redis_client: redis
     redis_client.script_flush()
     m.append({"role": "user", "content": "b"})
     assert [x.content for x in m.read()] == ["a", "b"]
+
+
+@pytest.fixture
+def index_read_only(
+    settings: Settings, redis_client: redis.Redis, key_prefix: str
+) -> Iterator[Settings]:
+    """Settings whose Redis user may write the memories' keys but only read the index keys (so
+    every index ZADD/ZREM fails with NOPERM after the memory's script has run)."""
+    user, password = f"noindex-{key_prefix}", uuid.uuid4().hex
+    redis_client.execute_command(
+        "ACL", "SETUSER", user, "reset", "on", f">{password}", "+@all", "&*",
+        f"~{key_prefix}:{{*", f"%R~{key_prefix}:idx:*",
+    )  # fmt: skip
+    url = urlsplit(settings.redis_dsn())
+    netloc = f"{user}:{password}@{url.hostname}:{url.port}"
+    try:
+        limited = urlunsplit(url._replace(netloc=netloc))
+        yield settings.replace(redis_url=limited, broker_url=settings.redis_dsn())
+    finally:
+        redis_client.execute_command("ACL", "DELUSER", user)
+
+
+def test_index_failures_after_a_write_are_logged_not_raised(
+    index_read_only: Settings, mc: MemoryClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An error means "nothing changed": a write whose per-memory part was applied returns
+    normally when only its index commands (hints) fail; a caller retrying on an error would
+    otherwise store an append twice."""
+    ledger = Ledger()
+    with client_with(index_read_only, resource("conv")) as c, caplog.at_level("WARNING"):
+        m = c.memory("conv", ctx("hints"))
+        for content in ("one", "two"):  # the first append writes its index entries: refused
+            started = ledger.now_ns()
+            res = m.append({"role": "user", "content": content})
+            assert res.first_seq is not None
+            ledger.acked(m.key, content, res.first_seq, started, ledger.now_ns())
+        started = ledger.now_ns()
+        assert m.replace([{"role": "user", "content": "replacement"}]) == 1
+        ledger.wiped(m.key, "replace", started, ledger.now_ns(), ("replacement",))
+        assert [x.content for x in m.read()] == ["replacement"]
+        assert m.request_flush() is True  # the marker is set; its pending entry is refused
+        c.store.clear_flush_marker(m.keys)
+        assert m.clear() == 1
+        assert_all_accounted(mc, ledger)
+        assert m.delete() is True
+        assert m.stats().ttl_s == -2
+    failed = [r.getMessage() for r in caplog.records if "index update(s) failed" in r.message]
+    for what in ("append", "replace", "index pending flush", "clear flush marker", "delete"):
+        assert any(text.startswith(f"{what} of memory p1:conv:hints:") for text in failed), what
 
 
 def test_redis_down_raises_store_unavailable(settings: Settings) -> None:
