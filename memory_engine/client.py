@@ -275,11 +275,17 @@ class Memory:
         """Every stored message, oldest first (the summary is not included: see ``context``)."""
         return self.client.store.read(self.keys)
 
-    def read_page(self, offset: int = 0, limit: int = 50) -> Page:
+    def read_page(self, offset: int = 0, limit: int = 50, *, record_use: bool = True) -> Page:
+        """``limit`` messages from ``offset`` (0 = oldest), with the total.
+
+        On a resource whose strategy is LRU, a page read is a use of the messages it returns
+        (the app re-reads what it keeps). ``record_use=False`` reads without recording: what
+        operator tools (the CLI, health views) use, so that looking at a memory never changes
+        what its next flush drops."""
         if offset < 0 or limit < 1:
             raise MessageValidationError("offset must be >= 0 and limit >= 1")
         messages, total = self.client.store.read_page(self.keys, offset, limit)
-        if self.resource.flushing.type in _LRU_STRATEGIES:
+        if record_use and self.resource.flushing.type in _LRU_STRATEGIES:
             # An explicit page read is a use: the LRU strategies keep what the app re-reads.
             self.client.store.record_use(
                 self.keys, [m.seq for m in messages if m.seq is not None], self.resource.ttl_s
