@@ -23,7 +23,7 @@ from memory_engine.messages import AppendResult, MemoryStats, Message, Page, coe
 from memory_engine.privacy import Redactor
 from memory_engine.producer import TaskProducer
 from memory_engine.registry import ResourceRegistry
-from memory_engine.resources import FlushingType, MemoryResource
+from memory_engine.resources import CeilingAction, FlushingType, MemoryResource
 from memory_engine.settings import Settings, load_settings
 from memory_engine.store import MemoryStore, PendingMessage
 from memory_engine.tasknames import TASK_FLUSH
@@ -53,6 +53,9 @@ class _AppendPlan:
     message_threshold: int
     ttl_s: int
     tracks_use: bool
+    token_ceiling: int
+    message_ceiling: int
+    refuse_over_ceiling: bool
 
 
 class MemoryClient:
@@ -145,6 +148,7 @@ class MemoryClient:
         plan = self._append_plans.get(resource.id)
         if plan is None or plan.resource is not resource:  # a reloaded registry: rebuild
             token_threshold, message_threshold = resource.trigger_thresholds()
+            token_ceiling, message_ceiling = resource.ceiling_limits()
             plan = _AppendPlan(
                 resource=resource,
                 redactor=self.redactor_for(resource),
@@ -153,6 +157,9 @@ class MemoryClient:
                 message_threshold=message_threshold,
                 ttl_s=resource.ttl_s,
                 tracks_use=resource.flushing.type in _LRU_STRATEGIES,
+                token_ceiling=token_ceiling,
+                message_ceiling=message_ceiling,
+                refuse_over_ceiling=resource.ceiling.on_exceed is CeilingAction.REFUSE,
             )
             self._append_plans[resource.id] = plan
         return plan
@@ -211,7 +218,11 @@ class Memory:
         return self.append_many([message])
 
     def append_many(self, messages: Sequence[Message | dict[str, Any]]) -> AppendResult:
-        """Store a batch atomically: every message or none (one script, one round trip)."""
+        """Store a batch atomically: every message or none (one script, one round trip).
+
+        Beyond the resource's hard ceiling (``ceiling``) the oldest messages are evicted
+        (``AppendResult.evicted``), or, if the resource says ``on_exceed: refuse``, this raises
+        :class:`~memory_engine.errors.MemoryFull` with nothing written."""
         started = time.perf_counter()
         client = self.client
         plan = client._append_plan(self.resource)
@@ -234,17 +245,29 @@ class Memory:
             message_threshold=plan.message_threshold,
             marker_ttl_s=client.settings.flush_marker_ttl_s,
             tracks_use=plan.tracks_use,
+            token_ceiling=plan.token_ceiling,
+            message_ceiling=plan.message_ceiling,
+            refuse_over_ceiling=plan.refuse_over_ceiling,
         )
         flush_requested = False
         if outcome.flush_requested:
             flush_requested = self._publish_flush(reason="threshold")
         metrics.record_append(self.resource.id, pending, outcome, started)
+        if outcome.evicted:  # the hard ceiling evicted (rare: flushes are not keeping up)
+            metrics.instruments().for_resource(self.resource.id).evicted.inc(outcome.evicted)
+            log.info(
+                "memory %s is at its hard ceiling: this append evicted its %d oldest messages "
+                "(are flushes running?)",
+                self.key,
+                outcome.evicted,
+            )
         return AppendResult(
             stored=True,
             appended=len(pending),
             message_count=outcome.message_count,
             token_count=outcome.token_count,
             message_tokens=outcome.message_tokens,
+            evicted=outcome.evicted,
             first_seq=outcome.first_seq,
             last_seq=outcome.last_seq,
             flush_requested=flush_requested,

@@ -180,6 +180,8 @@ class AppendResult(BaseModel):
     - ``message_tokens``: the tokens of the message(s) this call stored, together (0 when nothing
       was stored);
     - ``first_seq`` / ``last_seq``: the seqs assigned to them (``None`` when nothing was stored);
+    - ``evicted``: how many of the memory's oldest messages this append evicted to stay under the
+      resource's hard ceiling (``ceiling``; counted in the memory's ``evicted_count``);
     - ``flush_requested``: this append crossed the flush threshold and published a flush;
     - ``redacted``: how many redaction pattern matches were replaced.
     """
@@ -191,6 +193,7 @@ class AppendResult(BaseModel):
     message_count: int
     token_count: int
     message_tokens: int = 0
+    evicted: int = 0
     first_seq: int | None = None
     last_seq: int | None = None
     flush_requested: bool = False

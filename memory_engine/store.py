@@ -42,7 +42,7 @@ from typing import Any, NamedTuple, TypeVar
 import redis
 from redis import exceptions as redis_errors
 
-from memory_engine.errors import FlushConflict, LockLost, StoreError, StoreUnavailable
+from memory_engine.errors import FlushConflict, LockLost, MemoryFull, StoreError, StoreUnavailable
 from memory_engine.keys import KeySpace, MemoryKeys
 from memory_engine.messages import Message
 from memory_engine.resp import command_head, lane_for
@@ -94,6 +94,7 @@ class AppendOutcome(NamedTuple):
     epoch: int
     flush_deduplicated: bool = False  # at threshold, but a flush was already pending
     message_tokens: int = 0  # tokens of the messages this append stored
+    evicted: int = 0  # oldest messages evicted to stay under the hard ceiling
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,12 +263,19 @@ class MemoryStore:
         message_threshold: int,
         marker_ttl_s: int,
         tracks_use: bool = False,
+        token_ceiling: int = 0,
+        message_ceiling: int = 0,
+        refuse_over_ceiling: bool = False,
         now: float | None = None,
     ) -> AppendOutcome:
         """Append atomically (all or none) in one round trip; index the memory when due.
 
         ``tracks_use``: the resource records message uses (LRU strategies), so the script keeps
         the TTL of the memory's use set sliding too.
+
+        ``token_ceiling`` / ``message_ceiling`` (0 = none): the hard ceiling. Beyond it the
+        script evicts the oldest messages (``AppendOutcome.evicted``), or, with
+        ``refuse_over_ceiling``, writes nothing and this raises :class:`MemoryFull`.
 
         One socket write: the script alone, or, when the memory's index entries are due (module
         docstring), the script and the two ``ZADD`` s in one pipeline. Only when the script
@@ -288,6 +296,9 @@ class MemoryStore:
             message_threshold,
             marker_ttl_s * 1000,
             1 if tracks_use else 0,
+            token_ceiling,
+            message_ceiling,
+            "r" if refuse_over_ceiling else "e",
         )
         dynamic = [repr(now).encode(), b"%d" % len(encoded), b"%d" % n_system, b"%d" % tokens]
         dynamic.extend(encoded)
@@ -304,12 +315,22 @@ class MemoryStore:
             reply = self._run_with_hints("append", memory_id, build)
         else:
             reply = self._send_append(script_keys, static, dynamic)
-        first, last, count, total, flush, epoch, created = _split_ints(reply)
+        if reply[:1] in (b"R", "R"):
+            count, total = _split_ints(reply[2:])
+            raise MemoryFull(
+                f"memory {memory_id} is at its hard ceiling ({message_ceiling or '-'} messages, "
+                f"{token_ceiling or '-'} tokens; it holds {count} messages, {total} tokens) and "
+                f"its resource refuses appends beyond it: nothing was written ({len(encoded)} "
+                f"message(s), {tokens} tokens refused)"
+            )
+        first, last, count, total, flush, epoch, created, evicted = _split_ints(reply)
         if created and not index_due:
             self._write_index(memory_id, now, ttl_s)
         if index_due or created:
             self._remember_indexed(memory_id, now)
-        return AppendOutcome(first, last, count, total, flush == 1, epoch, flush == 2, tokens)
+        return AppendOutcome(
+            first, last, count, total, flush == 1, epoch, flush == 2, tokens, evicted
+        )
 
     def _send_append(
         self, script_keys: tuple[str, ...], static: tuple[Any, ...], dynamic: list[bytes]

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from memory_engine.client import MemoryClient
-from memory_engine.errors import MessageValidationError, StoreUnavailable
+from memory_engine.errors import ConfigError, MemoryFull, MessageValidationError, StoreUnavailable
 from memory_engine.messages import Message
 from memory_engine.registry import ResourceRegistry
 from memory_engine.resources import parse_resource
@@ -544,3 +544,92 @@ def test_concurrent_appends_with_replace_and_clear_keep_metadata_exact(
     # Accounting: every message ever stored is in the list, cleared, or replaced.
     assert meta["seq"] == meta["message_count"] + meta.get("cleared", 0) + meta.get("replaced", 0)
     assert sum(acked) == 8 * 300
+
+
+def _orphans(messages: list[Message]) -> list[int]:
+    """Seqs of tool calls without all their results, and of results without their call."""
+    calls: dict[str, int] = {}
+    answered: set[str] = set()
+    bad = []
+    for x in messages:
+        for call in x.tool_calls or ():
+            calls[call["id"]] = x.seq or 0
+        if x.tool_call_id is not None:
+            if x.tool_call_id in calls:
+                answered.add(x.tool_call_id)
+            else:
+                bad.append(x.seq or 0)
+    bad += [seq for cid, seq in calls.items() if cid not in answered]
+    return sorted(bad)
+
+
+def test_without_a_worker_the_ceiling_bounds_a_memory_with_exact_accounting(
+    settings: Settings, redis_url: str
+) -> None:
+    """1,000 appends to a max_messages 20 resource with no worker: the append script itself keeps
+    the memory under its ceiling (default 4 x 20), evicting the oldest messages (never a system
+    message, never a tool call apart from its result) and counting every one."""
+    idle_broker = redis_url.rsplit("/", 1)[0] + "/9"  # no worker consumes there
+    chat = resource("chat", type="message_count_based", max_messages=20, max_tokens=None)
+    ledger = Ledger()
+    with client_with(settings, chat, broker_url=idle_broker) as c:
+        m = c.memory("chat", ctx("no-worker"))
+        assert m.resource.ceiling_limits() == (0, 80)
+        evicted = 0
+
+        def append(message: dict[str, object], content: str) -> None:
+            nonlocal evicted
+            started = ledger.now_ns()
+            res = m.append({**message, "content": content})
+            assert res.first_seq is not None and res.message_count <= 80
+            ledger.acked(m.key, content, res.first_seq, started, ledger.now_ns())
+            evicted += res.evicted
+
+        append({"role": "system"}, "You are terse.")
+        i = 1
+        while i < 1000:
+            if i % 10 == 0:  # a tool call and its result, in two appends
+                call = {"id": f"call{i}", "type": "function", "function": {"name": "f"}}
+                append({"role": "assistant", "tool_calls": [call]}, f"call {i}")
+                append({"role": "tool", "tool_call_id": f"call{i}"}, f"result {i + 1}")
+                i += 2
+            else:
+                append({"role": "user" if i % 2 else "assistant"}, f"message {i}")
+                i += 1
+        stats = m.stats()
+        listed = m.read()
+        assert stats.last_seq == 1000 and stats.message_count == len(listed) <= 80
+        assert stats.evicted_count == evicted == 1000 - stats.message_count
+        assert (stats.flushed_count, stats.summarized_count) == (0, 0)
+        assert listed[0].content == "You are terse." and listed[-1].seq == 1000
+        assert _orphans(listed) == []
+        assert_all_accounted(c, ledger)
+
+
+def test_a_refusing_ceiling_refuses_with_nothing_written(
+    settings: Settings, redis_url: str, redis_client: redis.Redis
+) -> None:
+    strict = resource(
+        "strict",
+        type="message_count_based",
+        max_messages=5,
+        max_tokens=None,
+        ceiling={"factor": 2, "on_exceed": "refuse"},
+    )
+    with pytest.raises(ConfigError, match=r"ceiling\.max_messages: must be at least"):
+        parse_resource({**strict, "ceiling": {"max_messages": 4}})
+    idle_broker = redis_url.rsplit("/", 1)[0] + "/9"
+    with client_with(settings, strict, broker_url=idle_broker) as c:
+        m = c.memory("strict", ctx("full"))
+        m.append_many([{"role": "user", "content": f"m{i}"} for i in range(8)])
+        before = (redis_client.lrange(m.keys.msgs, 0, -1), redis_client.hgetall(m.keys.meta))
+        with pytest.raises(MemoryFull, match="nothing was written"):
+            m.append_many([{"role": "user", "content": f"x{i}"} for i in range(3)])
+        m.append_many([{"role": "user", "content": f"y{i}"} for i in range(2)])  # exactly 10
+        full = (redis_client.lrange(m.keys.msgs, 0, -1), redis_client.hgetall(m.keys.meta))
+        assert full[0][:8] == before[0] and len(full[0]) == 10
+        with pytest.raises(MemoryFull):
+            m.append({"role": "user", "content": "one too many"})
+        assert (redis_client.lrange(m.keys.msgs, 0, -1), redis_client.hgetall(m.keys.meta)) == full
+        s = m.stats()
+        assert (s.message_count, s.last_seq, s.evicted_count) == (10, 10, 0)
