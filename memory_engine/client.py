@@ -21,7 +21,7 @@ from memory_engine.messages import AppendResult, MemoryStats, Message, Page, coe
 from memory_engine.privacy import Redactor
 from memory_engine.producer import TaskProducer
 from memory_engine.registry import ResourceRegistry
-from memory_engine.resources import FlushingType, MemoryResource
+from memory_engine.resources import CeilingAction, FlushingType, MemoryResource
 from memory_engine.settings import Settings, load_settings
 from memory_engine.store import MemoryStore, PendingMessage
 from memory_engine.store.connections import RedisClient
@@ -52,6 +52,9 @@ class _AppendPlan:
     message_threshold: int
     ttl_s: int
     tracks_use: bool
+    token_ceiling: int
+    message_ceiling: int
+    refuse_over_ceiling: bool
 
 
 class MemoryClient:
@@ -144,6 +147,7 @@ class MemoryClient:
         plan = self._append_plans.get(resource.id)
         if plan is None or plan.resource is not resource:  # a reloaded registry: rebuild
             token_threshold, message_threshold = resource.trigger_thresholds()
+            token_ceiling, message_ceiling = resource.ceiling_limits()
             plan = _AppendPlan(
                 resource=resource,
                 redactor=self.redactor_for(resource),
@@ -152,6 +156,9 @@ class MemoryClient:
                 message_threshold=message_threshold,
                 ttl_s=resource.ttl_s,
                 tracks_use=resource.flushing.type in _LRU_STRATEGIES,
+                token_ceiling=token_ceiling,
+                message_ceiling=message_ceiling,
+                refuse_over_ceiling=resource.ceiling.on_exceed is CeilingAction.REFUSE,
             )
             self._append_plans[resource.id] = plan
         return plan
@@ -210,7 +217,11 @@ class Memory:
         return self.append_many([message])
 
     def append_many(self, messages: Sequence[Message | dict[str, Any]]) -> AppendResult:
-        """Store a batch atomically: every message or none (one script, one round trip)."""
+        """Store a batch atomically: every message or none (one script, one round trip).
+
+        Beyond the resource's hard ceiling (``ceiling``) the oldest messages are evicted
+        (``AppendResult.evicted``), or, if the resource says ``on_exceed: refuse``, this raises
+        :class:`~memory_engine.errors.MemoryFull` with nothing written."""
         started = time.perf_counter()
         client = self.client
         plan = client._append_plan(self.resource)
@@ -233,16 +244,29 @@ class Memory:
             message_threshold=plan.message_threshold,
             marker_ttl_s=client.settings.flush_marker_ttl_s,
             tracks_use=plan.tracks_use,
+            token_ceiling=plan.token_ceiling,
+            message_ceiling=plan.message_ceiling,
+            refuse_over_ceiling=plan.refuse_over_ceiling,
         )
         flush_requested = False
         if outcome.flush_requested:
             flush_requested = self._publish_flush(reason="threshold")
         metrics.record_append(self.resource.id, pending, outcome, started)
+        if outcome.evicted:  # the hard ceiling evicted (rare: flushes are not keeping up)
+            metrics.instruments().for_resource(self.resource.id).evicted.inc(outcome.evicted)
+            log.info(
+                "memory %s is at its hard ceiling: this append evicted its %d oldest messages "
+                "(are flushes running?)",
+                self.key,
+                outcome.evicted,
+            )
         return AppendResult(
             stored=True,
             appended=len(pending),
             message_count=outcome.message_count,
             token_count=outcome.token_count,
+            message_tokens=outcome.message_tokens,
+            evicted=outcome.evicted,
             first_seq=outcome.first_seq,
             last_seq=outcome.last_seq,
             flush_requested=flush_requested,
@@ -273,11 +297,17 @@ class Memory:
         """Every stored message, oldest first (the summary is not included: see ``context``)."""
         return self.client.store.read(self.keys)
 
-    def read_page(self, offset: int = 0, limit: int = 50) -> Page:
+    def read_page(self, offset: int = 0, limit: int = 50, *, record_use: bool = True) -> Page:
+        """``limit`` messages from ``offset`` (0 = oldest), with the total.
+
+        On a resource whose strategy is LRU, a page read is a use of the messages it returns
+        (the app re-reads what it keeps). ``record_use=False`` reads without recording: what
+        operator tools (the CLI, health views) use, so that looking at a memory never changes
+        what its next flush drops."""
         if offset < 0 or limit < 1:
             raise MessageValidationError("offset must be >= 0 and limit >= 1")
         messages, total = self.client.store.read_page(self.keys, offset, limit)
-        if self.resource.flushing.type in _LRU_STRATEGIES:
+        if record_use and self.resource.flushing.type in _LRU_STRATEGIES:
             # An explicit page read is a use: the LRU strategies keep what the app re-reads.
             self.client.store.record_use(
                 self.keys, [m.seq for m in messages if m.seq is not None], self.resource.ttl_s
@@ -349,10 +379,14 @@ class Memory:
         return evict_memory(self, policy=policy)
 
     def request_flush(self) -> bool:
-        """Enqueue a flush unless one is pending. False when a flush was already pending."""
-        if not self.client.store.set_flush_marker(
+        """Enqueue a flush unless one is pending. False when a flush was already pending, or
+        when the memory does not exist (then nothing is written and nothing enqueued)."""
+        was_set = self.client.store.set_flush_marker(
             self.keys, self.client.settings.flush_marker_ttl_s
-        ):
+        )
+        if was_set is None:
+            return False
+        if not was_set:
             metrics.record_flush_request(self.resource.id, deduplicated=True)
             return False
         metrics.record_flush_request(self.resource.id, deduplicated=False)

@@ -15,6 +15,7 @@ __all__ = [
     "LockError",
     "LockLost",
     "MemoryEngineError",
+    "MemoryFull",
     "MessageValidationError",
     "RedactionError",
     "ResourceNotFound",
@@ -73,6 +74,12 @@ class KeyTemplateError(MemoryEngineError):
 
 class MessageValidationError(MemoryEngineError):
     """A message is malformed, empty, oversized, or a batch is too large. Nothing was written."""
+
+
+class MemoryFull(MessageValidationError):
+    """The append would take the memory beyond its hard ceiling and its resource says
+    ``ceiling.on_exceed: refuse`` (flushes are not keeping up, e.g. no worker runs). Nothing was
+    written; the append may succeed once a flush has made room."""
 
 
 class RedactionError(MessageValidationError):

@@ -171,7 +171,20 @@ def coerce_message(value: Message | dict[str, Any]) -> Message:
 
 
 class AppendResult(BaseModel):
-    """What an append did. ``stored`` is False when the role is non-persistable (not written)."""
+    """What an append did.
+
+    - ``stored``: False when every message had a non-persistable role (nothing was written);
+    - ``appended``: how many messages this call stored (``skipped`` counts those not stored);
+    - ``message_count`` / ``token_count``: the memory's totals *after* this append (its list, not
+      counting the summary), i.e. what the next flush works on;
+    - ``message_tokens``: the tokens of the message(s) this call stored, together (0 when nothing
+      was stored);
+    - ``first_seq`` / ``last_seq``: the seqs assigned to them (``None`` when nothing was stored);
+    - ``evicted``: how many of the memory's oldest messages this append evicted to stay under the
+      resource's hard ceiling (``ceiling``; counted in the memory's ``evicted_count``);
+    - ``flush_requested``: this append crossed the flush threshold and published a flush;
+    - ``redacted``: how many redaction pattern matches were replaced.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -179,6 +192,8 @@ class AppendResult(BaseModel):
     appended: int
     message_count: int
     token_count: int
+    message_tokens: int = 0
+    evicted: int = 0
     first_seq: int | None = None
     last_seq: int | None = None
     flush_requested: bool = False

@@ -471,6 +471,42 @@ class TokenProviderConfig(_Frozen):
         return value
 
 
+# --- hard ceiling ---------------------------------------------------------------------------
+
+DEFAULT_CEILING_FACTOR: Final[float] = 4.0
+"""Default hard ceiling: this multiple of ``max_messages`` and of the token budget."""
+
+
+class CeilingAction(StrEnum):
+    EVICT = "evict"
+    REFUSE = "refuse"
+
+
+class CeilingConfig(_Frozen):
+    """The hard ceiling that every append enforces itself (``lua/append.lua``), whether or not a
+    worker flushes: ``factor`` x ``max_messages`` messages and ``factor`` x the token budget
+    (tokens of the stored messages; the summary is bounded by ``summary_tokens``), unless
+    ``max_messages`` / ``max_tokens`` here set a ceiling explicitly (at least the limit). Beyond
+    it, ``on_exceed: evict`` removes the oldest non-system messages (an assistant tool call with
+    the results that follow it) and counts them in ``evicted``; ``on_exceed: refuse`` refuses the
+    append with :class:`~memory_engine.errors.MemoryFull`, with nothing written."""
+
+    factor: Annotated[float, Field(ge=1, le=1000)] = DEFAULT_CEILING_FACTOR
+    max_messages: _PositiveInt | None = None
+    max_tokens: _PositiveInt | None = None
+    on_exceed: CeilingAction = CeilingAction.EVICT
+
+    def limits(self, max_tokens: int | None, max_messages: int | None) -> tuple[int, int]:
+        """``(tokens, messages)`` ceilings for a memory with these limits; 0 = no ceiling."""
+
+        def one(explicit: int | None, limit: int | None) -> int:
+            if explicit is not None:
+                return explicit
+            return 0 if limit is None else math.floor(limit * self.factor)
+
+        return one(self.max_tokens, max_tokens), one(self.max_messages, max_messages)
+
+
 # --- the resource -----------------------------------------------------------------------------
 
 _TEMPLATE_ENV: Final = SandboxedEnvironment()
@@ -492,6 +528,7 @@ class MemoryResource(_Frozen):
     flushing: FlushingConfig = FlushingConfig()
     eviction: EvictionConfig = EvictionConfig()
     persistence: PersistenceConfig = PersistenceConfig()
+    ceiling: CeilingConfig = CeilingConfig()
     privacy_policy: PrivacyPolicy | None = None
     locking: LockingConfig = LockingConfig()
     token_provider: TokenProviderConfig | None = None
@@ -590,6 +627,22 @@ class MemoryResource(_Frozen):
         limits = (self.effective_max_tokens, self.max_messages)
         tokens, messages = (None if n is None else math.floor(n * ratio) for n in limits)
         return tokens, messages
+
+    def ceiling_limits(self) -> tuple[int, int]:
+        """``(tokens, messages)`` of the hard ceiling (:class:`CeilingConfig`); 0 = none."""
+        return self.ceiling.limits(self.effective_max_tokens, self.max_messages)
+
+    @model_validator(mode="after")
+    def _ceiling_above_limits(self) -> MemoryResource:
+        problems = _Problems()
+        limits = {"max_tokens": self.effective_max_tokens, "max_messages": self.max_messages}
+        for name, limit in limits.items():
+            explicit = getattr(self.ceiling, name)
+            if explicit is not None and limit is not None and explicit < limit:
+                reason = f"must be at least the memory's {name} ({limit})"
+                problems.add(f"ceiling.{name}", reason, explicit)
+        problems.raise_any(type(self).__name__)
+        return self
 
 
 # --- errors -----------------------------------------------------------------------------------

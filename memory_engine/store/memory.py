@@ -6,6 +6,12 @@ pipeline as separate commands, so they stay out of the per-memory script (Redis 
 slots) while still costing no extra round trip on a single node. redis-py errors become
 :class:`StoreUnavailable` / :class:`StoreError` here, at the edge.
 
+An error raised by a write means the write did not happen (or, for :class:`StoreUnavailable`, that
+the reply was lost: see there). Index commands are hints (cleanup and reconcile repair them, and
+an append refreshes them within ``INDEX_REFRESH_MAX_S``), so a failed index command after a
+per-memory write that succeeded is logged, never raised: raising would tell the caller that an
+applied write failed, and an append retried on that error would be stored twice.
+
 Index scores may lag (the append hot path): an append writes the two index entries of a memory
 only when this store has not written them within ``min(INDEX_REFRESH_MAX_S, ttl / 10)``; the
 appends in between are a lone ``EVALSHA`` sent on the lean path of :mod:`memory_engine.store.lane`
@@ -37,7 +43,7 @@ from redis import exceptions as redis_errors
 
 from memory_engine.core.columns import StoredMessages, columns_of, position_of_seq, seq_runs
 from memory_engine.core.plans import Snapshot, Summary
-from memory_engine.errors import FlushConflict, LockLost, StoreError, StoreUnavailable
+from memory_engine.errors import FlushConflict, LockLost, MemoryFull, StoreError, StoreUnavailable
 from memory_engine.keys import KeySpace, MemoryKeys
 from memory_engine.messages import Message
 from memory_engine.store.lane import command_head, lane_for
@@ -48,7 +54,16 @@ __all__ = ["CommitResult", "ContextWindow", "MemoryStore", "PendingMessage", "tr
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-_SCRIPT_NAMES = ("append", "replace", "clear", "commit", "reconcile", "context")
+_SCRIPT_NAMES = (
+    "append",
+    "replace",
+    "clear",
+    "commit",
+    "reconcile",
+    "context",
+    "flush_marker",
+    "record_use",
+)
 
 INDEX_REFRESH_MAX_S = 60.0
 """Longest time an append leaves a memory's index scores unrefreshed (``ttl / 10`` if shorter)."""
@@ -78,6 +93,8 @@ class AppendOutcome(NamedTuple):
     flush_requested: bool
     epoch: int
     flush_deduplicated: bool = False  # at threshold, but a flush was already pending
+    message_tokens: int = 0  # tokens of the messages this append stored
+    evicted: int = 0  # oldest messages evicted to stay under the hard ceiling
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +179,50 @@ class MemoryStore:
                     self._load_scripts()
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _run_with_hints(self, what: str, memory_id: str, build: Callable[[Any], None]) -> Any:
+        """One pipeline: a per-memory write first, then index commands (hints). Returns the
+        write's reply and raises its error (then nothing changed); errors of the index commands
+        are logged, not raised (module docstring). NOSCRIPT: load the scripts and send again (the
+        script did not run, and the index commands are idempotent)."""
+        with translate_errors(what):
+            for attempt in (0, 1):
+                pipe = self.redis.pipeline(transaction=False)
+                build(pipe)
+                replies = list(pipe.execute(raise_on_error=False))
+                first = replies[0]
+                if isinstance(first, redis_errors.NoScriptError) and not attempt:
+                    self._load_scripts()
+                    continue
+                if isinstance(first, Exception):
+                    raise first
+                self._log_hint_errors(what, memory_id, replies[1:])
+                return first
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _log_hint_errors(what: str, memory_id: str, replies: Sequence[Any]) -> None:
+        errors = [r for r in replies if isinstance(r, Exception)]
+        if errors:
+            log.warning(
+                "%s of memory %s: %d index update(s) failed, the rest applied (indexes are "
+                "hints, repaired by cleanup and reconcile): %s",
+                what,
+                memory_id,
+                len(errors),
+                errors[0],
+            )
+
+    def _write_hints(self, what: str, memory_id: str, build: Callable[[Any], None]) -> None:
+        """Index commands alone, after the memory's write succeeded: failures are logged."""
+        try:
+            with translate_errors(what):
+                pipe = self.redis.pipeline(transaction=False)
+                build(pipe)
+                replies = list(pipe.execute(raise_on_error=False))
+        except StoreError as exc:
+            replies = [exc]
+        self._log_hint_errors(what, memory_id, replies)
+
     def _load_scripts(self) -> None:
         for name, src in self._sources.items():
             self._shas[name] = str(self.redis.script_load(src))
@@ -195,12 +256,19 @@ class MemoryStore:
         message_threshold: int,
         marker_ttl_s: int,
         tracks_use: bool = False,
+        token_ceiling: int = 0,
+        message_ceiling: int = 0,
+        refuse_over_ceiling: bool = False,
         now: float | None = None,
     ) -> AppendOutcome:
         """Append atomically (all or none) in one round trip; index the memory when due.
 
         ``tracks_use``: the resource records message uses (LRU strategies), so the script keeps
         the TTL of the memory's use set sliding too.
+
+        ``token_ceiling`` / ``message_ceiling`` (0 = none): the hard ceiling. Beyond it the
+        script evicts the oldest messages (``AppendOutcome.evicted``), or, with
+        ``refuse_over_ceiling``, writes nothing and this raises :class:`MemoryFull`.
 
         One socket write: the script alone, or, when the memory's index entries are due (module
         docstring), the script and the two ``ZADD`` s in one pipeline. Only when the script
@@ -221,6 +289,9 @@ class MemoryStore:
             message_threshold,
             marker_ttl_s * 1000,
             1 if tracks_use else 0,
+            token_ceiling,
+            message_ceiling,
+            "r" if refuse_over_ceiling else "e",
         )
         dynamic = [repr(now).encode(), b"%d" % len(encoded), b"%d" % n_system, b"%d" % tokens]
         dynamic.extend(encoded)
@@ -234,15 +305,25 @@ class MemoryStore:
                 pipe.evalsha(sha, len(script_keys), *script_keys, *static, *dynamic)
                 self._add_index_commands(pipe, memory_id, now, ttl_s)
 
-            reply = self._run_pipeline("append", build)[0]
+            reply = self._run_with_hints("append", memory_id, build)
         else:
             reply = self._send_append(script_keys, static, dynamic)
-        first, last, count, total, flush, epoch, created = _split_ints(reply)
+        if reply[:1] in (b"R", "R"):
+            count, total = _split_ints(reply[2:])
+            raise MemoryFull(
+                f"memory {memory_id} is at its hard ceiling ({message_ceiling or '-'} messages, "
+                f"{token_ceiling or '-'} tokens; it holds {count} messages, {total} tokens) and "
+                f"its resource refuses appends beyond it: nothing was written ({len(encoded)} "
+                f"message(s), {tokens} tokens refused)"
+            )
+        first, last, count, total, flush, epoch, created, evicted = _split_ints(reply)
         if created and not index_due:
             self._write_index(memory_id, now, ttl_s)
         if index_due or created:
             self._remember_indexed(memory_id, now)
-        return AppendOutcome(first, last, count, total, flush == 1, epoch, flush == 2)
+        return AppendOutcome(
+            first, last, count, total, flush == 1, epoch, flush == 2, tokens, evicted
+        )
 
     def _send_append(
         self, script_keys: tuple[str, ...], static: tuple[Any, ...], dynamic: list[bytes]
@@ -301,7 +382,7 @@ class MemoryStore:
         def build(pipe: Any) -> None:
             self._add_index_commands(pipe, memory_id, now, ttl_s)
 
-        self._run_pipeline("index memory", build)
+        self._write_hints("index memory", memory_id, build)
 
     def replace(
         self,
@@ -330,7 +411,7 @@ class MemoryStore:
             pipe.evalsha(sha, len(script_keys), *script_keys, *args)
             pipe.zadd(self.keyspace.access_index, {keys.memory_id: now})
 
-        count, tokens, epoch, _first, _last = self._run_pipeline("replace", build)[0]
+        count, tokens, epoch, _first, _last = self._run_with_hints("replace", keys.memory_id, build)
         return int(count), int(tokens), int(epoch)
 
     def clear(self, keys: MemoryKeys, now: float | None = None) -> int:
@@ -342,7 +423,10 @@ class MemoryStore:
         return int(cleared)
 
     def delete(self, keys: MemoryKeys) -> bool:
-        """Remove every key of the memory and its index entries. True if it existed."""
+        """Remove every key of the memory and its index entries. True if it existed.
+
+        One round trip: the ``DEL`` of the memory's keys, then its index entries (hints: their
+        failure is logged; cleanup drops entries whose memory is gone)."""
 
         def build(pipe: Any) -> None:
             pipe.delete(keys.msgs, keys.meta, keys.summary, keys.used, keys.flush, keys.lock)
@@ -353,7 +437,7 @@ class MemoryStore:
             ):
                 pipe.zrem(index, keys.memory_id)
 
-        return bool(self._run_pipeline("delete", build, transaction=True)[0])
+        return bool(self._run_with_hints("delete", keys.memory_id, build))
 
     def commit(
         self,
@@ -421,20 +505,36 @@ class MemoryStore:
             int(dropped), int(summarized), int(tokens), int(count), int(total), int(epoch)
         )
 
-    def set_flush_marker(self, keys: MemoryKeys, ttl_s: int, now: float | None = None) -> bool:
-        """SET NX the flush marker and index it. True if this call set it."""
+    def set_flush_marker(
+        self, keys: MemoryKeys, ttl_s: int, now: float | None = None
+    ) -> bool | None:
+        """SET NX the flush marker of an existing memory, then index it (``lua/flush_marker.lua``).
+
+        True if this call set it, False if a flush was already pending, None if the memory does
+        not exist (nothing written: a deleted memory leaves no marker nor pending entry)."""
         now = time.time() if now is None else now
-
-        def build(pipe: Any) -> None:
-            pipe.set(keys.flush, repr(now), nx=True, px=ttl_s * 1000)
-            pipe.zadd(self.keyspace.pending_index, {keys.memory_id: now}, nx=True)
-
-        was_set = bool(self._run_pipeline("set flush marker", build)[0])
-        return was_set
+        status = int(
+            self._call_script(
+                "set flush marker",
+                "flush_marker",
+                (keys.meta, keys.flush),
+                (repr(now), ttl_s * 1000),
+            )
+        )
+        if status < 0:
+            return None
+        if status == 1:
+            self.index_pending(keys, now)
+        return status == 1
 
     def index_pending(self, keys: MemoryKeys, now: float) -> None:
-        with translate_errors("index pending flush"):
-            self.redis.zadd(self.keyspace.pending_index, {keys.memory_id: now}, nx=True)
+        """Add the memory to the pending-flush index (a hint for the marker sweep; a failure is
+        logged)."""
+
+        def build(pipe: Any) -> None:
+            pipe.zadd(self.keyspace.pending_index, {keys.memory_id: now}, nx=True)
+
+        self._write_hints("index pending flush", keys.memory_id, build)
 
     def release_flush_marker(self, keys: MemoryKeys) -> None:
         """Drop the marker but keep the pending-index entry, so the sweep retries the flush."""
@@ -446,22 +546,19 @@ class MemoryStore:
             pipe.delete(keys.flush)
             pipe.zrem(self.keyspace.pending_index, keys.memory_id)
 
-        self._run_pipeline("clear flush marker", build)
+        self._run_with_hints("clear flush marker", keys.memory_id, build)
 
     def record_use(
         self, keys: MemoryKeys, seqs: Sequence[int], ttl_s: int, now: float | None = None
     ) -> None:
-        """LRU bookkeeping: one ZADD of the returned seqs (O(k log n)), with the memory's TTL."""
+        """LRU bookkeeping: ZADD the returned seqs (O(k log n)) with the memory's TTL, only if the
+        memory still exists (``lua/record_use.lua``: a read that returns after a ``delete()``
+        must not leave a use set that a memory recreated under the same key would inherit)."""
         if not seqs:
             return
         now = time.time() if now is None else now
-
-        def build(pipe: Any) -> None:
-            pipe.zadd(keys.used, {str(s): now for s in seqs})
-            if ttl_s > 0:
-                pipe.expire(keys.used, ttl_s)
-
-        self._run_pipeline("record use", build)
+        args = (repr(now), max(ttl_s, 0), *(str(s) for s in seqs))
+        self._call_script("record use", "record_use", (keys.meta, keys.used), args)
 
     def reconcile(self, keys: MemoryKeys, now: float | None = None) -> int:
         """Recompute counters from the list; returns how many fields were corrected."""

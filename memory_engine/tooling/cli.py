@@ -226,7 +226,8 @@ def read(
     """Read a page of a memory's messages, oldest first (the summary: see `inspect`)."""
     with cli_client() as client:
         memory = resolve_memory(client, resource or resource_opt, context, key)
-        page = memory.read_page(offset, limit)
+        # An operator's look is not a use: it must not change what an LRU flush drops.
+        page = memory.read_page(offset, limit, record_use=False)
     if json_output:
         emit_json({"ok": True, "memory_id": memory.key, **page.model_dump(mode="json")})
         return

@@ -182,6 +182,34 @@ def test_redis_down_exits_3(env: dict[str, str]) -> None:
 # ---- one memory ----------------------------------------------------------------------------------
 
 
+def test_cli_read_of_an_lru_memory_records_no_use(
+    env: dict[str, str], settings: Settings, tmp_path: Path
+) -> None:
+    (tmp_path / "lru.yaml").write_text(
+        "resource: memory\nid: lru-chat\ntype: message_count_based\nmax_messages: 50\n"
+        "flushing: {type: lru}\ndefault_key_template: 'lru:{{ workflow.input.session_id }}'\n"
+    )
+    with MemoryClient(settings.replace(resources_dir=tmp_path)) as client:
+        memory = client.memory("lru-chat", json.loads(support_context("looked-at")))
+        memory.append_many([{"role": "user", "content": f"message {i}"} for i in range(6)])
+        client.store.record_use(memory.keys, [2], ttl_s=3600, now=1_000.0)
+        before = client.redis.zrange(memory.keys.used, 0, -1, withscores=True)
+        page = as_json(
+            cli(
+                "read",
+                "--key",
+                memory.key,
+                "--json",
+                env={**env, "MEMORY_RESOURCES_DIR": str(tmp_path)},
+            )
+        )
+        assert [m["seq"] for m in page["messages"]] == [1, 2, 3, 4, 5, 6]
+        assert client.redis.zrange(memory.keys.used, 0, -1, withscores=True) == before
+        # The application's own page read still counts as a use.
+        memory.read_page(0, 1)
+        assert client.redis.zscore(memory.keys.used, "1") is not None
+
+
 def test_inspect_read_flush_round_trip(env: dict[str, str], client: MemoryClient) -> None:
     key = fill_chat(client, "round-trip", 30)
     ctx = support_context("round-trip")

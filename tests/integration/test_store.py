@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable, Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
 
 from memory_engine.client import MemoryClient
-from memory_engine.errors import MessageValidationError, StoreUnavailable
+from memory_engine.errors import ConfigError, MemoryFull, MessageValidationError, StoreUnavailable
 from memory_engine.messages import Message
 from memory_engine.registry import ResourceRegistry
 from memory_engine.resources import parse_resource
 from memory_engine.settings import Settings
-from memory_engine.store import INDEX_REFRESH_MAX_S
+from memory_engine.store.memory import INDEX_REFRESH_MAX_S
 from memory_engine.tokens import counter_for
 
+from .accounting import Ledger, assert_all_accounted
 from .helpers import client_with, ctx, resource, socket_writes
 
 
@@ -61,6 +64,18 @@ def test_append_then_read_round_trip(mc: MemoryClient) -> None:
     assert [x.token_count for x in got] == expected
     assert r2.token_count == sum(expected)
     assert got[1].name == "bot"
+
+
+def test_append_result_reports_the_message_tokens_and_the_memory_total(mc: MemoryClient) -> None:
+    m = mc.memory("conv", ctx("message-tokens"))
+    counter = counter_for(None)
+    first = Message(role="user", content="Hello there, how are you today?")
+    second = [Message(role="assistant", content="Fine."), Message(role="user", content="Good!")]
+    r1 = m.append(first)
+    r2 = m.append_many(second)
+    assert r1.message_tokens == r1.token_count == counter.count_message(first)
+    assert r2.message_tokens == sum(counter.count_message(x) for x in second)
+    assert r2.token_count == r1.token_count + r2.message_tokens == m.stats().token_count
 
 
 def test_append_many_is_all_or_none(mc: MemoryClient, redis_client: redis.Redis) -> None:
@@ -239,6 +254,29 @@ def test_clear_and_delete(mc: MemoryClient, redis_client: redis.Redis) -> None:
     assert m.stats().ttl_s == -2
 
 
+def test_a_deleted_memory_leaves_nothing_behind(
+    mc: MemoryClient, redis_client: redis.Redis
+) -> None:
+    m = mc.memory("conv", ctx("gone"))
+    m.append_many([{"role": "user", "content": f"m{i}"} for i in range(3)])
+    seqs = [x.seq for x in m.read() if x.seq is not None]
+    assert m.delete() is True
+    # Late callers: a flush request and a read's use record arriving after the delete.
+    assert m.request_flush() is False
+    mc.store.record_use(m.keys, seqs, ttl_s=3600)
+    left = list(redis_client.scan_iter(match=f"*{{{m.key}}}*", count=1000))
+    assert left == []
+    for index in (mc.keyspace.pending_index, mc.keyspace.access_index, mc.keyspace.expiry_index):
+        assert redis_client.zscore(index, m.key) is None
+    # A memory recreated under the same key starts clean, and requests work on it again.
+    m.append({"role": "user", "content": "again"})
+    assert redis_client.exists(m.keys.used) == 0
+    assert m.request_flush() is True
+    assert redis_client.zscore(mc.keyspace.pending_index, m.key) is not None
+    mc.store.record_use(m.keys, [4], ttl_s=3600)
+    assert redis_client.zrange(m.keys.used, 0, -1) == [b"4"]
+
+
 def test_stats_reports_budget(mc: MemoryClient) -> None:
     m = mc.memory("conv", ctx("st"))
     res = m.append({"role": "user", "content": "hello " * 50})
@@ -345,6 +383,55 @@ def test_scripts_reload_after_script_flush(mc: MemoryClient, redis_client: redis
     redis_client.script_flush()
     m.append({"role": "user", "content": "b"})
     assert [x.content for x in m.read()] == ["a", "b"]
+
+
+@pytest.fixture
+def index_read_only(
+    settings: Settings, redis_client: redis.Redis, key_prefix: str
+) -> Iterator[Settings]:
+    """Settings whose Redis user may write the memories' keys but only read the index keys (so
+    every index ZADD/ZREM fails with NOPERM after the memory's script has run)."""
+    user, password = f"noindex-{key_prefix}", uuid.uuid4().hex
+    redis_client.execute_command(
+        "ACL", "SETUSER", user, "reset", "on", f">{password}", "+@all", "&*",
+        f"~{key_prefix}:{{*", f"%R~{key_prefix}:idx:*",
+    )  # fmt: skip
+    url = urlsplit(settings.redis_dsn())
+    netloc = f"{user}:{password}@{url.hostname}:{url.port}"
+    try:
+        limited = urlunsplit(url._replace(netloc=netloc))
+        yield settings.replace(redis_url=limited, broker_url=settings.redis_dsn())
+    finally:
+        redis_client.execute_command("ACL", "DELUSER", user)
+
+
+def test_index_failures_after_a_write_are_logged_not_raised(
+    index_read_only: Settings, mc: MemoryClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An error means "nothing changed": a write whose per-memory part was applied returns
+    normally when only its index commands (hints) fail; a caller retrying on an error would
+    otherwise store an append twice."""
+    ledger = Ledger()
+    with client_with(index_read_only, resource("conv")) as c, caplog.at_level("WARNING"):
+        m = c.memory("conv", ctx("hints"))
+        for content in ("one", "two"):  # the first append writes its index entries: refused
+            started = ledger.now_ns()
+            res = m.append({"role": "user", "content": content})
+            assert res.first_seq is not None
+            ledger.acked(m.key, content, res.first_seq, started, ledger.now_ns())
+        started = ledger.now_ns()
+        assert m.replace([{"role": "user", "content": "replacement"}]) == 1
+        ledger.wiped(m.key, "replace", started, ledger.now_ns(), ("replacement",))
+        assert [x.content for x in m.read()] == ["replacement"]
+        assert m.request_flush() is True  # the marker is set; its pending entry is refused
+        c.store.clear_flush_marker(m.keys)
+        assert m.clear() == 1
+        assert_all_accounted(mc, ledger)
+        assert m.delete() is True
+        assert m.stats().ttl_s == -2
+    failed = [r.getMessage() for r in caplog.records if "index update(s) failed" in r.message]
+    for what in ("append", "replace", "index pending flush", "clear flush marker", "delete"):
+        assert any(text.startswith(f"{what} of memory p1:conv:hints:") for text in failed), what
 
 
 def test_redis_down_raises_store_unavailable(settings: Settings) -> None:
@@ -457,3 +544,92 @@ def test_concurrent_appends_with_replace_and_clear_keep_metadata_exact(
     # Accounting: every message ever stored is in the list, cleared, or replaced.
     assert meta["seq"] == meta["message_count"] + meta.get("cleared", 0) + meta.get("replaced", 0)
     assert sum(acked) == 8 * 300
+
+
+def _orphans(messages: list[Message]) -> list[int]:
+    """Seqs of tool calls without all their results, and of results without their call."""
+    calls: dict[str, int] = {}
+    answered: set[str] = set()
+    bad = []
+    for x in messages:
+        for call in x.tool_calls or ():
+            calls[call["id"]] = x.seq or 0
+        if x.tool_call_id is not None:
+            if x.tool_call_id in calls:
+                answered.add(x.tool_call_id)
+            else:
+                bad.append(x.seq or 0)
+    bad += [seq for cid, seq in calls.items() if cid not in answered]
+    return sorted(bad)
+
+
+def test_without_a_worker_the_ceiling_bounds_a_memory_with_exact_accounting(
+    settings: Settings, redis_url: str
+) -> None:
+    """1,000 appends to a max_messages 20 resource with no worker: the append script itself keeps
+    the memory under its ceiling (default 4 x 20), evicting the oldest messages (never a system
+    message, never a tool call apart from its result) and counting every one."""
+    idle_broker = redis_url.rsplit("/", 1)[0] + "/9"  # no worker consumes there
+    chat = resource("chat", type="message_count_based", max_messages=20, max_tokens=None)
+    ledger = Ledger()
+    with client_with(settings, chat, broker_url=idle_broker) as c:
+        m = c.memory("chat", ctx("no-worker"))
+        assert m.resource.ceiling_limits() == (0, 80)
+        evicted = 0
+
+        def append(message: dict[str, object], content: str) -> None:
+            nonlocal evicted
+            started = ledger.now_ns()
+            res = m.append({**message, "content": content})
+            assert res.first_seq is not None and res.message_count <= 80
+            ledger.acked(m.key, content, res.first_seq, started, ledger.now_ns())
+            evicted += res.evicted
+
+        append({"role": "system"}, "You are terse.")
+        i = 1
+        while i < 1000:
+            if i % 10 == 0:  # a tool call and its result, in two appends
+                call = {"id": f"call{i}", "type": "function", "function": {"name": "f"}}
+                append({"role": "assistant", "tool_calls": [call]}, f"call {i}")
+                append({"role": "tool", "tool_call_id": f"call{i}"}, f"result {i + 1}")
+                i += 2
+            else:
+                append({"role": "user" if i % 2 else "assistant"}, f"message {i}")
+                i += 1
+        stats = m.stats()
+        listed = m.read()
+        assert stats.last_seq == 1000 and stats.message_count == len(listed) <= 80
+        assert stats.evicted_count == evicted == 1000 - stats.message_count
+        assert (stats.flushed_count, stats.summarized_count) == (0, 0)
+        assert listed[0].content == "You are terse." and listed[-1].seq == 1000
+        assert _orphans(listed) == []
+        assert_all_accounted(c, ledger)
+
+
+def test_a_refusing_ceiling_refuses_with_nothing_written(
+    settings: Settings, redis_url: str, redis_client: redis.Redis
+) -> None:
+    strict = resource(
+        "strict",
+        type="message_count_based",
+        max_messages=5,
+        max_tokens=None,
+        ceiling={"factor": 2, "on_exceed": "refuse"},
+    )
+    with pytest.raises(ConfigError, match=r"ceiling\.max_messages: must be at least"):
+        parse_resource({**strict, "ceiling": {"max_messages": 4}})
+    idle_broker = redis_url.rsplit("/", 1)[0] + "/9"
+    with client_with(settings, strict, broker_url=idle_broker) as c:
+        m = c.memory("strict", ctx("full"))
+        m.append_many([{"role": "user", "content": f"m{i}"} for i in range(8)])
+        before = (redis_client.lrange(m.keys.msgs, 0, -1), redis_client.hgetall(m.keys.meta))
+        with pytest.raises(MemoryFull, match="nothing was written"):
+            m.append_many([{"role": "user", "content": f"x{i}"} for i in range(3)])
+        m.append_many([{"role": "user", "content": f"y{i}"} for i in range(2)])  # exactly 10
+        full = (redis_client.lrange(m.keys.msgs, 0, -1), redis_client.hgetall(m.keys.meta))
+        assert full[0][:8] == before[0] and len(full[0]) == 10
+        with pytest.raises(MemoryFull):
+            m.append({"role": "user", "content": "one too many"})
+        assert (redis_client.lrange(m.keys.msgs, 0, -1), redis_client.hgetall(m.keys.meta)) == full
+        s = m.stats()
+        assert (s.message_count, s.last_seq, s.evicted_count) == (10, 10, 0)

@@ -13,20 +13,33 @@
 -- ARGV[5] marker_ttl_ms   TTL of the flush marker (bounds a lost task)
 -- ARGV[6] tracks_use      '1' when the resource's strategy records message uses (LRU): the used
 --                         ZSET exists only then, so only then is its TTL refreshed
--- ARGV[7] now             unix time, seconds (float string)
--- ARGV[8] n               number of messages
--- ARGV[9] n_system        how many of them are system messages (context() finds them by count)
--- ARGV[10] tokens         token count of the n messages together (each body carries its own "t")
--- ARGV[11 .. 10+n]        bodies: JSON objects without "s" (seq), each starting with '{'
+-- ARGV[7] token_ceiling   hard ceiling on token_count; 0 = none
+-- ARGV[8] msg_ceiling     hard ceiling on message_count; 0 = none
+-- ARGV[9] over_ceiling    'e': evict the oldest messages beyond a ceiling; 'r': refuse the append
+-- ARGV[10] now            unix time, seconds (float string)
+-- ARGV[11] n              number of messages
+-- ARGV[12] n_system       how many of them are system messages (context() finds them by count)
+-- ARGV[13] tokens         token count of the n messages together (each body carries its own "t")
+-- ARGV[14 .. 13+n]        bodies: JSON objects without "s" (seq), each starting with '{'
 --
--- ARGV[1..6] depend only on the resource, so the client packs them once with the keys.
+-- ARGV[1..9] depend only on the resource, so the client packs them once with the keys.
 --
--- Returns one string "first_seq,last_seq,message_count,token_count,flush,epoch,created" (a
--- flat string: redis-py decodes it several microseconds faster than an array of integers), where
--- flush is 0 below the threshold, 1 when this append set the flush marker (the caller enqueues a
--- flush), 2 at or over the threshold with a flush already pending (a deduplicated trigger), and
--- created is 1 when this append created the memory's metadata (a new memory: the caller makes
--- sure it is in the global indexes).
+-- Returns one string "first_seq,last_seq,message_count,token_count,flush,epoch,created,evicted"
+-- (a flat string: redis-py decodes it several microseconds faster than an array of integers),
+-- where flush is 0 below the threshold, 1 when this append set the flush marker (the caller
+-- enqueues a flush), 2 at or over the threshold with a flush already pending (a deduplicated
+-- trigger), created is 1 when this append created the memory's metadata (a new memory: the
+-- caller makes sure it is in the global indexes), and evicted counts the messages removed to
+-- stay under the ceiling. Refused (over the ceiling with 'r'): "R,message_count,token_count",
+-- and nothing was written.
+--
+-- The ceiling (a bound for when no flush runs, e.g. no worker) is enforced after the push: the
+-- oldest messages go, as units (an assistant message with tool_calls together with the tool
+-- results that directly follow it), while the memory is over a ceiling. System messages stay, and
+-- so do the messages of this append (a unit reaching into them stops the walk). The walk reads at
+-- most 2n + 64 elements, so an append costs O(n) even for a memory far over its ceiling (one
+-- stored before the ceiling existed): it converges over the next appends. An eviction moves the
+-- list's positions, so it bumps the epoch (an in-flight flush then fails cleanly and replans).
 --
 -- Cost (server time is on every append's critical path; bench/profile_append.py reports it from
 -- INFO commandstats): one HMGET and one HSET instead of an HINCRBY per counter, and no PEXPIRE of
@@ -35,16 +48,28 @@
 -- exists only for resources that track use (ARGV[6]).
 
 local ttl_ms = tonumber(ARGV[1])
-local n = tonumber(ARGV[8])
+local tok_ceiling = tonumber(ARGV[7])
+local msg_ceiling = tonumber(ARGV[8])
+local n = tonumber(ARGV[11])
 local m = redis.call('HMGET', KEYS[2], 'seq', 'message_count', 'token_count', 'summary_tokens',
   'epoch', 'created_at')
+
+-- Counters as integers (string.format): a Lua number would reach Redis as "%.17g".
+local count = (tonumber(m[2]) or 0) + n
+local total = (tonumber(m[3]) or 0) + tonumber(ARGV[13])
+local function over(c, t)
+  return (msg_ceiling > 0 and c > msg_ceiling) or (tok_ceiling > 0 and t > tok_ceiling)
+end
+if ARGV[9] == 'r' and over(count, total) then
+  return string.format('R,%d,%d', count - n, total - tonumber(ARGV[13]))
+end
 
 local first = (tonumber(m[1]) or 0) + 1
 local seq = first + n - 1
 local batch = {}
 for i = 1, n do
   -- splice seq in as the first field: '{"s":N,' .. rest of the body after '{'
-  batch[#batch + 1] = '{"s":' .. (first + i - 1) .. ',' .. string.sub(ARGV[10 + i], 2)
+  batch[#batch + 1] = '{"s":' .. (first + i - 1) .. ',' .. string.sub(ARGV[13 + i], 2)
   if #batch == 512 then
     redis.call('RPUSH', KEYS[1], unpack(batch))
     batch = {}
@@ -54,26 +79,105 @@ if #batch > 0 then
   redis.call('RPUSH', KEYS[1], unpack(batch))
 end
 
--- Counters as integers (string.format): a Lua number would reach Redis as "%.17g".
-local count = (tonumber(m[2]) or 0) + n
-local total = (tonumber(m[3]) or 0) + tonumber(ARGV[10])
 local epoch = tonumber(m[5]) or 0
 local created = 0
-local fields = {'seq', string.format('%d', seq), 'message_count', string.format('%d', count),
-  'token_count', string.format('%d', total), 'updated_at', ARGV[7], 'ttl_ms', ARGV[1]}
 if not m[6] then
   -- no created_at: a new memory (or metadata lost): start its incarnation
   created = 1
   epoch = 0
+end
+
+local evicted = 0
+if over(count, total) then
+  -- Walk the oldest elements (before this append's), in chunks, cutting whole units.
+  local old = redis.call('LLEN', KEYS[1]) - n
+  local budget = 2 * n + 64
+  local chunk, chunk_at = {}, 0
+  local function at(i)
+    if i >= old then return nil end
+    if i < chunk_at or i >= chunk_at + #chunk then
+      chunk_at = i
+      chunk = redis.call('LRANGE', KEYS[1], i, math.min(i + 31, old - 1))
+    end
+    return chunk[i - chunk_at + 1]
+  end
+  local function head(raw)
+    local s, t, role = string.match(raw, '^{"s":(%d+),"t":(%d+),"r":"(%a+)"')
+    return s, tonumber(t) or 0, role
+  end
+  local function has_calls(raw)
+    -- "k" (tool_calls) precedes "m" (metadata) in a stored body, and no JSON string holds ',"'
+    local k = string.find(raw, ',"k":', 1, true)
+    local md = string.find(raw, ',"m":', 1, true)
+    return k ~= nil and (md == nil or k < md)
+  end
+  local kept, removed_seqs, removed_tokens = {}, {}, 0
+  local pos = 0
+  while over(count - evicted, total - removed_tokens) and pos < old and budget > 0 do
+    local raw = at(pos)
+    local s, t, role = head(raw)
+    budget = budget - 1
+    if role == 'system' then
+      kept[#kept + 1] = raw
+      pos = pos + 1
+    else
+      local stop = pos + 1
+      local unit_tokens = t
+      local unit_seqs = {s}
+      if role == 'assistant' and has_calls(raw) then
+        while true do
+          local nxt = stop < old and at(stop) or redis.call('LINDEX', KEYS[1], stop)
+          local ns, nt, nrole = head(nxt or '')
+          if nrole ~= 'tool' then break end
+          if stop >= old then stop = -1; break end  -- its results are in this append: keep it
+          unit_tokens = unit_tokens + nt
+          unit_seqs[#unit_seqs + 1] = ns
+          stop = stop + 1
+          budget = budget - 1
+        end
+      end
+      if stop < 0 then break end
+      evicted = evicted + (stop - pos)
+      removed_tokens = removed_tokens + unit_tokens
+      for _, x in ipairs(unit_seqs) do removed_seqs[#removed_seqs + 1] = x end
+      pos = stop
+    end
+  end
+  if evicted > 0 then
+    -- Cut the walked head and push back the system messages met on the way (in order). This
+    -- append's messages follow the cut, so the list never empties (its TTL stays).
+    redis.call('LTRIM', KEYS[1], pos, -1)
+    for i = #kept, 1, -512 do
+      local part = {}
+      for j = i, math.max(1, i - 511), -1 do part[#part + 1] = kept[j] end
+      redis.call('LPUSH', KEYS[1], unpack(part))
+    end
+    if ARGV[6] == '1' then
+      for i = 1, #removed_seqs, 512 do
+        redis.call('ZREM', KEYS[4], unpack(removed_seqs, i, math.min(i + 511, #removed_seqs)))
+      end
+    end
+    count = count - evicted
+    total = total - removed_tokens
+    epoch = epoch + 1
+    redis.call('HINCRBY', KEYS[2], 'evicted', evicted)
+  end
+end
+
+local fields = {'seq', string.format('%d', seq), 'message_count', string.format('%d', count),
+  'token_count', string.format('%d', total), 'updated_at', ARGV[10], 'ttl_ms', ARGV[1]}
+if created == 1 then
   fields[#fields + 1] = 'created_at'
-  fields[#fields + 1] = ARGV[7]
+  fields[#fields + 1] = ARGV[10]
   fields[#fields + 1] = 'resource_id'
   fields[#fields + 1] = ARGV[2]
+end
+if created == 1 or evicted > 0 then
   fields[#fields + 1] = 'epoch'
-  fields[#fields + 1] = '0'
+  fields[#fields + 1] = string.format('%d', epoch)
 end
 redis.call('HSET', KEYS[2], unpack(fields))
-if ARGV[9] ~= '0' then redis.call('HINCRBY', KEYS[2], 'system_count', ARGV[9]) end
+if ARGV[12] ~= '0' then redis.call('HINCRBY', KEYS[2], 'system_count', ARGV[12]) end
 
 local summary_tokens = tonumber(m[4]) or 0
 if ttl_ms > 0 then
@@ -88,11 +192,12 @@ local requested = 0
 local tok_thr = tonumber(ARGV[3])
 local msg_thr = tonumber(ARGV[4])
 if (tok_thr > 0 and total + summary_tokens >= tok_thr) or (msg_thr > 0 and count >= msg_thr) then
-  if redis.call('SET', KEYS[5], ARGV[7], 'NX', 'PX', ARGV[5]) then
+  if redis.call('SET', KEYS[5], ARGV[10], 'NX', 'PX', ARGV[5]) then
     requested = 1
   else
     requested = 2
   end
 end
 
-return string.format('%d,%d,%d,%d,%d,%d,%d', first, seq, count, total, requested, epoch, created)
+return string.format('%d,%d,%d,%d,%d,%d,%d,%d', first, seq, count, total, requested, epoch,
+  created, evicted)
