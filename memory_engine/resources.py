@@ -30,7 +30,9 @@ from memory_engine.messages import Role
 from memory_engine.models import context_window
 
 __all__ = [
-    "DEFAULT_FLUSH_LOCK_TTL_S",
+    "DEFAULT_FLUSH_LOCK_TTL_S", "DEFAULT_SUMMARIZE_THRESHOLD", "DEFAULT_TARGET_PERCENT",
+    "DEFAULT_SUMMARY_SHARE", "MIN_DEFAULT_SUMMARY_TOKENS", "NO_BUDGET_SUMMARY_TOKENS",
+    "TARGET_PER_THRESHOLD", "default_summary_tokens", "default_target_percent",
     "DEFAULT_PERSISTENCE_TTL_S", "DEFAULT_PRIORITY_KEYWORDS", "DEFAULT_REDACTION_STRING",
     "MAX_BOUNDED_REPEAT", "MAX_REPEAT_SPLITS", "Duration", "EvictionConfig", "EvictionPolicyType",
     "FlushingConfig",
@@ -51,6 +53,17 @@ MAX_BOUNDED_REPEAT: Final[int] = 1000
 MAX_REPEAT_SPLITS: Final[int] = 100_000
 """Most ways bounded repeats nested in a bounded repeat may split one match (``(a{1,3}){1,20}``
 has 3**20): past this a failing match backtracks through them all."""
+DEFAULT_SUMMARIZE_THRESHOLD: Final[float] = 0.8
+DEFAULT_TARGET_PERCENT: Final[float] = 0.5
+"""The most ``flushing.target_percent`` defaults to (see :func:`default_target_percent`)."""
+TARGET_PER_THRESHOLD: Final[float] = DEFAULT_TARGET_PERCENT / DEFAULT_SUMMARIZE_THRESHOLD
+"""Default target as a share of the threshold: 0.625, so the defaults pair 0.8 with 0.5."""
+DEFAULT_SUMMARY_SHARE: Final[float] = 0.1
+"""Share of the token budget a hybrid summary gets by default without ``token_allocation``."""
+MIN_DEFAULT_SUMMARY_TOKENS: Final[int] = 64
+"""Floor of the default ``summary_tokens`` (below it a summary says next to nothing)."""
+NO_BUDGET_SUMMARY_TOKENS: Final[int] = 512
+"""Default ``summary_tokens`` of a hybrid memory without a token limit (counted in messages)."""
 # Redis lock TTLs are set in milliseconds (PX); anything shorter would round to "no lock".
 _MIN_LOCK_TTL_S: Final[float] = 0.001
 _TOKEN_ALLOCATION_TOLERANCE: Final[float] = 0.001
@@ -298,18 +311,51 @@ _RedactPattern = Annotated[str, AfterValidator(_pydantic_check("pattern", check_
 # --- sections ---------------------------------------------------------------------------------
 
 
+def default_target_percent(summarize_threshold: float) -> float:
+    """The ``target_percent`` of a resource that does not set one: ``min(0.5, summarize_threshold
+    * 0.625)``. 0.5 at the default threshold 0.8 and above it; proportionally lower below, so any
+    legal threshold gets a target under it (a flush always has room to go down)."""
+    return min(DEFAULT_TARGET_PERCENT, summarize_threshold * TARGET_PER_THRESHOLD)
+
+
+def default_summary_tokens(
+    max_tokens: int | None, long_term_share: float | None, target_percent: float
+) -> int:
+    """The ``summary_tokens`` of a ``hybrid_summary`` resource that does not set one.
+
+    With a token limit: the ``long_term`` share of it (10 % without ``token_allocation`` or with a
+    ``long_term`` of 0), at least 64 tokens, but at most half the flush target (``max_tokens *
+    target_percent / 2``, so a flush can always get under its target) and at least 1. Without a
+    token limit (a memory bounded by messages only): 512.
+    """
+    if max_tokens is None:
+        return NO_BUDGET_SUMMARY_TOKENS
+    share = long_term_share or DEFAULT_SUMMARY_SHARE
+    wanted = max(MIN_DEFAULT_SUMMARY_TOKENS, math.floor(max_tokens * share))
+    return max(1, min(wanted, math.floor(max_tokens * target_percent / 2)))
+
+
 class FlushingConfig(_Frozen):
-    """When a flush triggers, how far down it goes, and how (``hybrid_summary`` summarises)."""
+    """When a flush triggers, how far down it goes, and how (``hybrid_summary`` summarises).
+
+    ``target_percent`` defaults to :func:`default_target_percent` of the threshold; a
+    ``hybrid_summary`` resource's ``summary_tokens`` to :func:`default_summary_tokens` (set by
+    :class:`MemoryResource`, which knows the budget)."""
 
     type: FlushingType = FlushingType.SIMPLE_FIFO
-    summarize_threshold: _Ratio = 0.8
+    summarize_threshold: _Ratio = DEFAULT_SUMMARIZE_THRESHOLD
     summary_tokens: _PositiveInt | None = None
     summarize_oldest_percent: _Ratio = 0.5
-    target_percent: Annotated[float, Field(strict=True, gt=0, lt=1)] = 0.5
+    target_percent: Annotated[float, Field(strict=True, gt=0, lt=1)] = DEFAULT_TARGET_PERCENT
 
     @model_validator(mode="after")
     def _rules(self) -> FlushingConfig:
         problems = _Problems()
+        if "target_percent" not in self.model_fields_set:
+            # A default must not make a legal threshold invalid: derive it. The model is frozen;
+            # this runs inside its validation, before anyone can see the instance.
+            target = default_target_percent(self.summarize_threshold)
+            object.__setattr__(self, "target_percent", target)
         if self.target_percent >= self.summarize_threshold:
             reason = f"must be below summarize_threshold ({self.summarize_threshold})"
             problems.add("target_percent", reason, self.target_percent)
@@ -476,13 +522,21 @@ class TokenProviderConfig(_Frozen):
 _TEMPLATE_ENV: Final = SandboxedEnvironment()
 
 
+def _version_text(value: object) -> object:
+    # YAML reads an unquoted `version: 1.0` as a float (and `2` as an int): keep it as text. What
+    # YAML dropped is gone ("1.10" reads as 1.1), so a version like that must be quoted.
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
 class MemoryResource(_Frozen):
     """A validated memory resource. :func:`parse_resource` builds one with a ConfigError."""
 
     resource: Literal["memory"]
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,100}$")]
     description: str = ""
-    version: str | None = None
+    version: Annotated[str | None, BeforeValidator(_version_text)] = None
     type: ResourceType
     max_tokens: _PositiveInt | None = None
     max_messages: _PositiveInt | None = None
@@ -533,7 +587,17 @@ class MemoryResource(_Frozen):
         if self.flushing.type is FlushingType.HYBRID_SUMMARY:
             limit, summary = self.effective_max_tokens, self.flushing.summary_tokens
             if summary is None:
-                problems.add("flushing.summary_tokens", "hybrid_summary needs summary_tokens")
+                summary = default_summary_tokens(
+                    limit,
+                    self.token_allocation.long_term if self.token_allocation else None,
+                    self.flushing.target_percent,
+                )
+                # Frozen, and still inside validation: nobody has seen either model yet.
+                flushing = self.flushing.model_copy(update={"summary_tokens": summary})
+                object.__setattr__(self, "flushing", flushing)
+                if limit is not None and summary >= limit:
+                    reason = f"the memory's token limit ({limit}) is too small for a summary"
+                    problems.add("flushing.summary_tokens", reason, summary)
             elif limit is not None and summary >= limit:
                 reason = f"must be below the memory's token limit ({limit})"
                 problems.add("flushing.summary_tokens", reason, summary)
