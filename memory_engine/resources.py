@@ -34,7 +34,8 @@ __all__ = [
     "DEFAULT_SUMMARY_SHARE", "MIN_DEFAULT_SUMMARY_TOKENS", "NO_BUDGET_SUMMARY_TOKENS",
     "TARGET_PER_THRESHOLD", "default_summary_tokens", "default_target_percent",
     "DEFAULT_PERSISTENCE_TTL_S", "DEFAULT_PRIORITY_KEYWORDS", "DEFAULT_REDACTION_STRING",
-    "MAX_BOUNDED_REPEAT", "MAX_REPEAT_SPLITS", "Duration", "EvictionConfig", "EvictionPolicyType",
+    "MAX_BOUNDED_REPEAT", "MAX_REPEAT_SPLITS", "MAX_REPORTED_CHARS", "MAX_REPORTED_PROBLEMS",
+    "Duration", "EvictionConfig", "EvictionPolicyType",
     "FlushingConfig",
     "FlushingType", "LockingConfig", "MemoryResource", "PersistenceConfig", "PrivacyPolicy",
     "ResourceType", "TokenAllocation", "TokenProviderConfig", "check_redact_pattern",
@@ -658,6 +659,11 @@ class MemoryResource(_Frozen):
 
 # --- errors -----------------------------------------------------------------------------------
 
+MAX_REPORTED_PROBLEMS: Final[int] = 20
+"""Most problems one :class:`ConfigError` of :func:`parse_resource` lists (it counts them all)."""
+MAX_REPORTED_CHARS: Final[int] = 300
+"""Longest field path or reason it quotes; the rest is cut (a reason may quote a value)."""
+
 # Keys from Compozy's docs and examples that its code never read: point their users home.
 _UNKNOWN_FIELD_HINTS: Final[dict[str, str]] = {
     "key": "use default_key_template", "flushing_strategy": "the section is named 'flushing'",
@@ -686,11 +692,26 @@ def parse_resource(data: object, source: str | None = None) -> MemoryResource:
         return MemoryResource.model_validate(data)
     except ValidationError as exc:
         problems = [_describe(error) for error in exc.errors(include_url=False)]
-        lines = "\n".join(f"  {path or '(document)'}: {message}" for path, message in problems)
+        shown = problems[:MAX_REPORTED_PROBLEMS]
+        lines = "\n".join(
+            f"  {_clip(path) or '(document)'}: {_clip(message)}" for path, message in shown
+        )
+        if len(problems) > len(shown):
+            lines += f"\n  ... and {len(problems) - len(shown)} more"
         ident = data.get("id") if isinstance(data, dict) else None
-        what = f"memory resource {ident!r}" if isinstance(ident, str) else "memory resource"
+        what = (
+            f"memory resource {_clip(repr(ident))}" if isinstance(ident, str) else "memory resource"
+        )
         count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
         error = ConfigError(f"invalid {what} ({count}):\n{lines}", source=source)
         # Set after, not via field=: ConfigError would prefix it to lines that name their own.
-        error.field = (problems[0][0] or None) if problems else None
-        raise error from exc
+        error.field = (_clip(problems[0][0]) or None) if problems else None
+        # Not chained: a ValidationError carries the whole input, and a traceback (a worker's
+        # warm-up, a task failure) would render every value of it. The message above says it all.
+        raise error from None
+
+
+def _clip(text: str) -> str:
+    if len(text) <= MAX_REPORTED_CHARS:
+        return text
+    return f"{text[:MAX_REPORTED_CHARS]}... ({len(text)} characters)"
