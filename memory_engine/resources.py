@@ -191,6 +191,49 @@ _OVERLAP = (
 )
 _Nodes = Sequence[tuple[Any, Any]]
 
+# The pattern runs on `regex`, whose syntax is a superset of re's: where they differ on a pattern
+# both accept, `regex` reads fuzzy matching (x{e<=9} is a literal for re, "x with up to 9 errors",
+# which matches the empty string, for regex). Its own parser (untyped, like re's) finds those.
+_rx: Any = importlib.import_module("regex._regex_core")
+_VERSION_FLAGS: Final[int] = regex.VERSION0 | regex.VERSION1
+
+
+def _regex_parse(pattern: str) -> tuple[Any, int]:
+    """``regex``'s parse tree of ``pattern`` and the flags it sets inline, as ``regex.compile``
+    gets them (a global flag after the start makes it parse again with that flag)."""
+    flags = 0
+    while True:
+        source = _rx.Source(pattern)
+        info = _rx.Info(flags, source.char_type, {})
+        source.ignore_space = bool(info.flags & regex.VERBOSE)
+        try:
+            return _rx._parse_pattern(source, info), info.flags
+        except _rx._UnscopedFlagSet:
+            flags = info.global_flags
+
+
+def _regex_refusal(pattern: str) -> str | None:
+    """Why ``regex`` would run ``pattern`` other than the ``re`` screen reads it, or ``None``."""
+    tree, flags = _regex_parse(pattern)
+    if flags & _VERSION_FLAGS:
+        return "inline version flags ((?V0), (?V1)) are not allowed: patterns run as VERSION0"
+    stack, seen = [tree], set()
+    while stack:  # every node of the tree, whatever attribute holds it
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, _rx.Fuzzy):
+            return (
+                "fuzzy matching ({e<=n}, {i}, {s<=n}, ...) is not allowed: it can match almost "
+                r"anything, the empty string included; escape a literal brace as \{"
+            )
+        if isinstance(node, _rx.RegexBase):
+            stack.extend(vars(node).values())
+        elif isinstance(node, list | tuple):
+            stack.extend(node)
+    return None
+
 
 def _children(av: Any) -> list[_Nodes]:
     # Sub-patterns sit in a node's argument itself, in its tuple, or in a list there (BRANCH).
@@ -274,12 +317,21 @@ def _splits(nodes: _Nodes) -> int:
 
 def check_redact_pattern(pattern: str) -> str:
     """Return ``pattern`` if it is a safe redaction regex, else raise :class:`ValueError`: it
-    must compile with ``regex``, parse with Python's ``re`` parser (or it cannot be screened), pass
-    the catastrophic-backtracking screen and not match the empty string."""
+    must compile with ``regex`` (VERSION0, as :class:`~memory_engine.privacy.Redactor` runs it)
+    without inline version flags or fuzzy matching, parse with Python's ``re`` parser (or it
+    cannot be screened), pass the catastrophic-backtracking screen and not match the empty
+    string (checked on the structure and by ``regex`` itself)."""
     try:
-        regex.compile(pattern)
+        compiled = regex.compile(pattern)
+        refusal = _regex_refusal(pattern)
     except (regex.error, OverflowError, RecursionError, ValueError) as exc:
         raise ValueError(f"pattern {pattern!r} does not compile: {exc}") from None
+    except (AttributeError, TypeError) as exc:  # regex's internals moved: refuse, never guess
+        raise ValueError(
+            f"pattern {pattern!r} cannot be screened with this version of regex ({exc})"
+        ) from None
+    if refusal:
+        raise ValueError(f"pattern {pattern!r} is refused: {refusal}")
     try:
         with warnings.catch_warnings():  # "possible nested set" FutureWarnings concern re, not us
             warnings.simplefilter("ignore")
@@ -297,7 +349,7 @@ def check_redact_pattern(pattern: str) -> str:
                 f"can split a match more than {MAX_REPEAT_SPLITS} ways and backtrack "
                 "catastrophically; bound them tighter or make the inner repeat possessive"
             )
-        if reason is None and _can_be_empty(tree):
+        if reason is None and (_can_be_empty(tree) or compiled.search("") is not None):
             reason = "it can match the empty string, so redaction would insert text everywhere"
     except RecursionError:
         reason = "it is nested too deeply to screen"

@@ -590,6 +590,40 @@ def test_patterns_matching_empty_refused(pattern: str) -> None:
         check_redact_pattern(pattern)
 
 
+@pytest.mark.parametrize(
+    "pattern",
+    [r"x{e<=9}", r"secret{e<=1}", r"(?:api_key){i<=2}", r"(?:token){s<=1,d<=1}", r"a{e}",
+     r"(?x) pass word {e<=2}", r"(?i)(?:ab(?:cd){e<=1})+"],
+)  # fmt: skip
+def test_fuzzy_patterns_refused(pattern: str) -> None:
+    # re reads the braces as literal text, so its screen passes them; regex runs them fuzzy.
+    with pytest.raises(ValueError, match="fuzzy matching"):
+        check_redact_pattern(pattern)
+    assert_rejected(
+        doc(privacy_policy={"redact_patterns": ["safe", pattern]}),
+        "privacy_policy.redact_patterns.1",
+        "fuzzy",
+    )
+
+
+@pytest.mark.parametrize("pattern", [r"(?V1)a", r"(?V0)secret", r"a(?V1)b", r"(?iV1)x"])
+def test_inline_version_flags_refused(pattern: str) -> None:
+    with pytest.raises(ValueError, match="inline version flags"):
+        check_redact_pattern(pattern)
+
+
+def test_escaped_braces_are_literal_and_accepted() -> None:
+    assert check_redact_pattern(r"x\{e<=9\}") == r"x\{e<=9\}"
+
+
+def test_empty_match_screened_with_the_engine_that_runs_it() -> None:
+    import regex
+
+    # Whatever reaches the engine, the engine itself must not match the empty string.
+    for pattern in (r"x\{e<=9\}", r"\d{3}", r"sk-[A-Za-z0-9]{20,}"):
+        assert regex.compile(check_redact_pattern(pattern)).search("") is None
+
+
 def test_nested_quantifier_message_says_how_to_fix() -> None:
     with pytest.raises(ValueError, match=r"possessive \(a\+\+\) or atomic"):
         check_redact_pattern(r"(?:[a-z0-9-]+\.)+[a-z]{2,}")
