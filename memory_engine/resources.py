@@ -681,6 +681,16 @@ class MemoryResource(_Frozen):
         return None
 
     @property
+    def records_uses(self) -> bool:
+        """Whether reads by the application (``context()``, ``read_page()``) record message uses:
+        when the flushing strategy (``lru``, ``token_aware_lru``) or the eviction policy
+        (``lru``) orders by last use. Otherwise nothing would read them."""
+        return (
+            self.flushing.type in (FlushingType.LRU, FlushingType.TOKEN_AWARE_LRU)
+            or self.eviction.policy is EvictionPolicyType.LRU
+        )
+
+    @property
     def ttl_s(self) -> int:
         """Key TTL in whole seconds; 0 = no expiry."""
         return self.persistence.ttl_s

@@ -717,3 +717,12 @@ def test_anthropic_token_provider_needs_a_model() -> None:
         "token_provider.model",
         "needs a model",
     )
+
+
+@pytest.mark.parametrize("strategy", [t.value for t in FlushingType])
+@pytest.mark.parametrize("policy", [p.value for p in EvictionPolicyType])
+def test_uses_recorded_when_the_strategy_or_the_eviction_policy_needs_them(
+    strategy: str, policy: str
+) -> None:
+    res = parse_resource(doc(flushing={"type": strategy}, eviction={"policy": policy}))
+    assert res.records_uses == (strategy in ("lru", "token_aware_lru") or policy == "lru")
