@@ -38,6 +38,7 @@ __all__ = ["Memory", "MemoryClient"]
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True, slots=True)
 class _AppendPlan:
     """What every append of one resource needs and no append changes, resolved once per resource

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = ["build_context"]
 
+
 def build_context(memory: Memory, max_tokens: int | None = None) -> list[Message]:
     resource = memory.resource
     budget = max_tokens if max_tokens is not None else resource.effective_max_tokens
