@@ -21,7 +21,7 @@ from memory_engine.messages import AppendResult, MemoryStats, Message, Page, coe
 from memory_engine.privacy import Redactor
 from memory_engine.producer import TaskProducer
 from memory_engine.registry import ResourceRegistry
-from memory_engine.resources import CeilingAction, FlushingType, MemoryResource
+from memory_engine.resources import CeilingAction, MemoryResource
 from memory_engine.settings import Settings, load_settings
 from memory_engine.store import MemoryStore, PendingMessage
 from memory_engine.store.connections import RedisClient
@@ -36,8 +36,6 @@ if TYPE_CHECKING:
 __all__ = ["Memory", "MemoryClient"]
 
 log = logging.getLogger(__name__)
-
-_LRU_STRATEGIES = frozenset({FlushingType.LRU, FlushingType.TOKEN_AWARE_LRU})
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +153,7 @@ class MemoryClient:
                 token_threshold=token_threshold,
                 message_threshold=message_threshold,
                 ttl_s=resource.ttl_s,
-                tracks_use=resource.flushing.type in _LRU_STRATEGIES,
+                tracks_use=resource.records_uses,
                 token_ceiling=token_ceiling,
                 message_ceiling=message_ceiling,
                 refuse_over_ceiling=resource.ceiling.on_exceed is CeilingAction.REFUSE,
@@ -307,8 +305,8 @@ class Memory:
         if offset < 0 or limit < 1:
             raise MessageValidationError("offset must be >= 0 and limit >= 1")
         messages, total = self.client.store.read_page(self.keys, offset, limit)
-        if record_use and self.resource.flushing.type in _LRU_STRATEGIES:
-            # An explicit page read is a use: the LRU strategies keep what the app re-reads.
+        if record_use and self.resource.records_uses:
+            # An explicit page read is a use: LRU flushing and eviction keep what the app re-reads.
             self.client.store.record_use(
                 self.keys, [m.seq for m in messages if m.seq is not None], self.resource.ttl_s
             )

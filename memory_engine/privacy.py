@@ -88,8 +88,10 @@ class Redactor:
         compiled: list[Any] = []
         for index, pattern in enumerate(patterns):
             try:
-                compiled.append(regex.compile(pattern))
-            except (regex.error, TypeError) as exc:
+                # VERSION0, whatever regex.DEFAULT_VERSION a process sets: the version the
+                # resource schema screens patterns for (VERSION1 reads sets differently).
+                compiled.append(regex.compile(pattern, flags=regex.VERSION0))
+            except (regex.error, TypeError, ValueError) as exc:
                 raise ConfigError(
                     f"invalid regular expression {pattern!r}: {exc}",
                     field=f"privacy_policy.redact_patterns.{index}",

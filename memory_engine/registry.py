@@ -23,6 +23,26 @@ RESOURCE_FILE_SUFFIXES: Final[tuple[str, ...]] = (".yaml", ".yml")
 """File name endings :meth:`ResourceRegistry.from_directory` loads."""
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """``SafeLoader`` that refuses anchors and aliases (``&a``, ``*a``, ``<<: *a``).
+
+    An alias is a reference, not a copy, so a few hundred bytes of nested aliases ("billion
+    laughs") stand for a document of billions of nodes: harmless until something walks it, and
+    validation, error messages and tracebacks all do. A resource file has no need for them."""
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                "anchors and aliases (&name, *name, <<: *name) are not allowed in resource files; "
+                "write the values out",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
+
+
 def _read_documents(path: Path) -> list[object]:
     source = str(path)
     try:
@@ -31,7 +51,7 @@ def _read_documents(path: Path) -> list[object]:
         raise ConfigError(f"cannot read resource file: {exc}", source=source) from exc
     try:
         # safe_load_all is lazy; list() makes a syntax error in document 3 surface here.
-        return list(yaml.safe_load_all(text))
+        return list(yaml.load_all(text, Loader=_NoAliasLoader))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -30,9 +30,12 @@ from memory_engine.errors import ConfigError
 from memory_engine.messages import Role
 
 __all__ = [
-    "DEFAULT_FLUSH_LOCK_TTL_S",
+    "DEFAULT_FLUSH_LOCK_TTL_S", "DEFAULT_SUMMARIZE_THRESHOLD", "DEFAULT_TARGET_PERCENT",
+    "DEFAULT_SUMMARY_SHARE", "MIN_DEFAULT_SUMMARY_TOKENS", "NO_BUDGET_SUMMARY_TOKENS",
+    "TARGET_PER_THRESHOLD", "default_summary_tokens", "default_target_percent",
     "DEFAULT_PERSISTENCE_TTL_S", "DEFAULT_PRIORITY_KEYWORDS", "DEFAULT_REDACTION_STRING",
-    "MAX_BOUNDED_REPEAT", "MAX_REPEAT_SPLITS", "Duration", "EvictionConfig", "EvictionPolicyType",
+    "MAX_BOUNDED_REPEAT", "MAX_REPEAT_SPLITS", "MAX_REPORTED_CHARS", "MAX_REPORTED_PROBLEMS",
+    "Duration", "EvictionConfig", "EvictionPolicyType",
     "FlushingConfig",
     "FlushingType", "LockingConfig", "MemoryResource", "PersistenceConfig", "PrivacyPolicy",
     "ResourceType", "TokenAllocation", "TokenProviderConfig", "check_redact_pattern",
@@ -51,6 +54,17 @@ MAX_BOUNDED_REPEAT: Final[int] = 1000
 MAX_REPEAT_SPLITS: Final[int] = 100_000
 """Most ways bounded repeats nested in a bounded repeat may split one match (``(a{1,3}){1,20}``
 has 3**20): past this a failing match backtracks through them all."""
+DEFAULT_SUMMARIZE_THRESHOLD: Final[float] = 0.8
+DEFAULT_TARGET_PERCENT: Final[float] = 0.5
+"""The most ``flushing.target_percent`` defaults to (see :func:`default_target_percent`)."""
+TARGET_PER_THRESHOLD: Final[float] = DEFAULT_TARGET_PERCENT / DEFAULT_SUMMARIZE_THRESHOLD
+"""Default target as a share of the threshold: 0.625, so the defaults pair 0.8 with 0.5."""
+DEFAULT_SUMMARY_SHARE: Final[float] = 0.1
+"""Share of the token budget a hybrid summary gets by default without ``token_allocation``."""
+MIN_DEFAULT_SUMMARY_TOKENS: Final[int] = 64
+"""Floor of the default ``summary_tokens`` (below it a summary says next to nothing)."""
+NO_BUDGET_SUMMARY_TOKENS: Final[int] = 512
+"""Default ``summary_tokens`` of a hybrid memory without a token limit (counted in messages)."""
 # Redis lock TTLs are set in milliseconds (PX); anything shorter would round to "no lock".
 _MIN_LOCK_TTL_S: Final[float] = 0.001
 _TOKEN_ALLOCATION_TOLERANCE: Final[float] = 0.001
@@ -177,6 +191,49 @@ _OVERLAP = (
 )
 _Nodes = Sequence[tuple[Any, Any]]
 
+# The pattern runs on `regex`, whose syntax is a superset of re's: where they differ on a pattern
+# both accept, `regex` reads fuzzy matching (x{e<=9} is a literal for re, "x with up to 9 errors",
+# which matches the empty string, for regex). Its own parser (untyped, like re's) finds those.
+_rx: Any = importlib.import_module("regex._regex_core")
+_VERSION_FLAGS: Final[int] = regex.VERSION0 | regex.VERSION1
+
+
+def _regex_parse(pattern: str) -> tuple[Any, int]:
+    """``regex``'s parse tree of ``pattern`` and the flags it sets inline, as ``regex.compile``
+    gets them (a global flag after the start makes it parse again with that flag)."""
+    flags = 0
+    while True:
+        source = _rx.Source(pattern)
+        info = _rx.Info(flags, source.char_type, {})
+        source.ignore_space = bool(info.flags & regex.VERBOSE)
+        try:
+            return _rx._parse_pattern(source, info), info.flags
+        except _rx._UnscopedFlagSet:
+            flags = info.global_flags
+
+
+def _regex_refusal(pattern: str) -> str | None:
+    """Why ``regex`` would run ``pattern`` other than the ``re`` screen reads it, or ``None``."""
+    tree, flags = _regex_parse(pattern)
+    if flags & _VERSION_FLAGS:
+        return "inline version flags ((?V0), (?V1)) are not allowed: patterns run as VERSION0"
+    stack, seen = [tree], set()
+    while stack:  # every node of the tree, whatever attribute holds it
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, _rx.Fuzzy):
+            return (
+                "fuzzy matching ({e<=n}, {i}, {s<=n}, ...) is not allowed: it can match almost "
+                r"anything, the empty string included; escape a literal brace as \{"
+            )
+        if isinstance(node, _rx.RegexBase):
+            stack.extend(vars(node).values())
+        elif isinstance(node, list | tuple):
+            stack.extend(node)
+    return None
+
 
 def _children(av: Any) -> list[_Nodes]:
     # Sub-patterns sit in a node's argument itself, in its tuple, or in a list there (BRANCH).
@@ -260,12 +317,21 @@ def _splits(nodes: _Nodes) -> int:
 
 def check_redact_pattern(pattern: str) -> str:
     """Return ``pattern`` if it is a safe redaction regex, else raise :class:`ValueError`: it
-    must compile with ``regex``, parse with Python's ``re`` parser (or it cannot be screened), pass
-    the catastrophic-backtracking screen and not match the empty string."""
+    must compile with ``regex`` (VERSION0, as :class:`~memory_engine.privacy.Redactor` runs it)
+    without inline version flags or fuzzy matching, parse with Python's ``re`` parser (or it
+    cannot be screened), pass the catastrophic-backtracking screen and not match the empty
+    string (checked on the structure and by ``regex`` itself)."""
     try:
-        regex.compile(pattern)
+        compiled = regex.compile(pattern)
+        refusal = _regex_refusal(pattern)
     except (regex.error, OverflowError, RecursionError, ValueError) as exc:
         raise ValueError(f"pattern {pattern!r} does not compile: {exc}") from None
+    except (AttributeError, TypeError) as exc:  # regex's internals moved: refuse, never guess
+        raise ValueError(
+            f"pattern {pattern!r} cannot be screened with this version of regex ({exc})"
+        ) from None
+    if refusal:
+        raise ValueError(f"pattern {pattern!r} is refused: {refusal}")
     try:
         with warnings.catch_warnings():  # "possible nested set" FutureWarnings concern re, not us
             warnings.simplefilter("ignore")
@@ -283,7 +349,7 @@ def check_redact_pattern(pattern: str) -> str:
                 f"can split a match more than {MAX_REPEAT_SPLITS} ways and backtrack "
                 "catastrophically; bound them tighter or make the inner repeat possessive"
             )
-        if reason is None and _can_be_empty(tree):
+        if reason is None and (_can_be_empty(tree) or compiled.search("") is not None):
             reason = "it can match the empty string, so redaction would insert text everywhere"
     except RecursionError:
         reason = "it is nested too deeply to screen"
@@ -298,18 +364,51 @@ _RedactPattern = Annotated[str, AfterValidator(_pydantic_check("pattern", check_
 # --- sections ---------------------------------------------------------------------------------
 
 
+def default_target_percent(summarize_threshold: float) -> float:
+    """The ``target_percent`` of a resource that does not set one: ``min(0.5, summarize_threshold
+    * 0.625)``. 0.5 at the default threshold 0.8 and above it; proportionally lower below, so any
+    legal threshold gets a target under it (a flush always has room to go down)."""
+    return min(DEFAULT_TARGET_PERCENT, summarize_threshold * TARGET_PER_THRESHOLD)
+
+
+def default_summary_tokens(
+    max_tokens: int | None, long_term_share: float | None, target_percent: float
+) -> int:
+    """The ``summary_tokens`` of a ``hybrid_summary`` resource that does not set one.
+
+    With a token limit: the ``long_term`` share of it (10 % without ``token_allocation`` or with a
+    ``long_term`` of 0), at least 64 tokens, but at most half the flush target (``max_tokens *
+    target_percent / 2``, so a flush can always get under its target) and at least 1. Without a
+    token limit (a memory bounded by messages only): 512.
+    """
+    if max_tokens is None:
+        return NO_BUDGET_SUMMARY_TOKENS
+    share = long_term_share or DEFAULT_SUMMARY_SHARE
+    wanted = max(MIN_DEFAULT_SUMMARY_TOKENS, math.floor(max_tokens * share))
+    return max(1, min(wanted, math.floor(max_tokens * target_percent / 2)))
+
+
 class FlushingConfig(_Frozen):
-    """When a flush triggers, how far down it goes, and how (``hybrid_summary`` summarises)."""
+    """When a flush triggers, how far down it goes, and how (``hybrid_summary`` summarises).
+
+    ``target_percent`` defaults to :func:`default_target_percent` of the threshold; a
+    ``hybrid_summary`` resource's ``summary_tokens`` to :func:`default_summary_tokens` (set by
+    :class:`MemoryResource`, which knows the budget)."""
 
     type: FlushingType = FlushingType.SIMPLE_FIFO
-    summarize_threshold: _Ratio = 0.8
+    summarize_threshold: _Ratio = DEFAULT_SUMMARIZE_THRESHOLD
     summary_tokens: _PositiveInt | None = None
     summarize_oldest_percent: _Ratio = 0.5
-    target_percent: Annotated[float, Field(strict=True, gt=0, lt=1)] = 0.5
+    target_percent: Annotated[float, Field(strict=True, gt=0, lt=1)] = DEFAULT_TARGET_PERCENT
 
     @model_validator(mode="after")
     def _rules(self) -> FlushingConfig:
         problems = _Problems()
+        if "target_percent" not in self.model_fields_set:
+            # A default must not make a legal threshold invalid: derive it. The model is frozen;
+            # this runs inside its validation, before anyone can see the instance.
+            target = default_target_percent(self.summarize_threshold)
+            object.__setattr__(self, "target_percent", target)
         if self.target_percent >= self.summarize_threshold:
             reason = f"must be below summarize_threshold ({self.summarize_threshold})"
             problems.add("target_percent", reason, self.target_percent)
@@ -512,13 +611,21 @@ class CeilingConfig(_Frozen):
 _TEMPLATE_ENV: Final = SandboxedEnvironment()
 
 
+def _version_text(value: object) -> object:
+    # YAML reads an unquoted `version: 1.0` as a float (and `2` as an int): keep it as text. What
+    # YAML dropped is gone ("1.10" reads as 1.1), so a version like that must be quoted.
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
 class MemoryResource(_Frozen):
     """A validated memory resource. :func:`parse_resource` builds one with a ConfigError."""
 
     resource: Literal["memory"]
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,100}$")]
     description: str = ""
-    version: str | None = None
+    version: Annotated[str | None, BeforeValidator(_version_text)] = None
     type: ResourceType
     max_tokens: _PositiveInt | None = None
     max_messages: _PositiveInt | None = None
@@ -570,7 +677,17 @@ class MemoryResource(_Frozen):
         if self.flushing.type is FlushingType.HYBRID_SUMMARY:
             limit, summary = self.effective_max_tokens, self.flushing.summary_tokens
             if summary is None:
-                problems.add("flushing.summary_tokens", "hybrid_summary needs summary_tokens")
+                summary = default_summary_tokens(
+                    limit,
+                    self.token_allocation.long_term if self.token_allocation else None,
+                    self.flushing.target_percent,
+                )
+                # Frozen, and still inside validation: nobody has seen either model yet.
+                flushing = self.flushing.model_copy(update={"summary_tokens": summary})
+                object.__setattr__(self, "flushing", flushing)
+                if limit is not None and summary >= limit:
+                    reason = f"the memory's token limit ({limit}) is too small for a summary"
+                    problems.add("flushing.summary_tokens", reason, summary)
             elif limit is not None and summary >= limit:
                 reason = f"must be below the memory's token limit ({limit})"
                 problems.add("flushing.summary_tokens", reason, summary)
@@ -599,6 +716,16 @@ class MemoryResource(_Frozen):
         if self.max_context_ratio is not None and window is not None:
             return max(1, math.floor(window * self.max_context_ratio))
         return None
+
+    @property
+    def records_uses(self) -> bool:
+        """Whether reads by the application (``context()``, ``read_page()``) record message uses:
+        when the flushing strategy (``lru``, ``token_aware_lru``) or the eviction policy
+        (``lru``) orders by last use. Otherwise nothing would read them."""
+        return (
+            self.flushing.type in (FlushingType.LRU, FlushingType.TOKEN_AWARE_LRU)
+            or self.eviction.policy is EvictionPolicyType.LRU
+        )
 
     @property
     def ttl_s(self) -> int:
@@ -647,6 +774,11 @@ class MemoryResource(_Frozen):
 
 # --- errors -----------------------------------------------------------------------------------
 
+MAX_REPORTED_PROBLEMS: Final[int] = 20
+"""Most problems one :class:`ConfigError` of :func:`parse_resource` lists (it counts them all)."""
+MAX_REPORTED_CHARS: Final[int] = 300
+"""Longest field path or reason it quotes; the rest is cut (a reason may quote a value)."""
+
 # Keys from Compozy's docs and examples that its code never read: point their users home.
 _UNKNOWN_FIELD_HINTS: Final[dict[str, str]] = {
     "key": "use default_key_template", "flushing_strategy": "the section is named 'flushing'",
@@ -675,11 +807,26 @@ def parse_resource(data: object, source: str | None = None) -> MemoryResource:
         return MemoryResource.model_validate(data)
     except ValidationError as exc:
         problems = [_describe(error) for error in exc.errors(include_url=False)]
-        lines = "\n".join(f"  {path or '(document)'}: {message}" for path, message in problems)
+        shown = problems[:MAX_REPORTED_PROBLEMS]
+        lines = "\n".join(
+            f"  {_clip(path) or '(document)'}: {_clip(message)}" for path, message in shown
+        )
+        if len(problems) > len(shown):
+            lines += f"\n  ... and {len(problems) - len(shown)} more"
         ident = data.get("id") if isinstance(data, dict) else None
-        what = f"memory resource {ident!r}" if isinstance(ident, str) else "memory resource"
+        what = (
+            f"memory resource {_clip(repr(ident))}" if isinstance(ident, str) else "memory resource"
+        )
         count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
         error = ConfigError(f"invalid {what} ({count}):\n{lines}", source=source)
         # Set after, not via field=: ConfigError would prefix it to lines that name their own.
-        error.field = (problems[0][0] or None) if problems else None
-        raise error from exc
+        error.field = (_clip(problems[0][0]) or None) if problems else None
+        # Not chained: a ValidationError carries the whole input, and a traceback (a worker's
+        # warm-up, a task failure) would render every value of it. The message above says it all.
+        raise error from None
+
+
+def _clip(text: str) -> str:
+    if len(text) <= MAX_REPORTED_CHARS:
+        return text
+    return f"{text[:MAX_REPORTED_CHARS]}... ({len(text)} characters)"

@@ -6,6 +6,7 @@ pass them to the client or the Celery app; tests build their own.
 
 from __future__ import annotations
 
+import importlib.resources
 from pathlib import Path
 from typing import Literal
 
@@ -14,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from memory_engine.errors import ConfigError
 
-__all__ = ["Settings", "load_settings"]
+__all__ = ["DEFAULT_RESOURCES_PACKAGE_DIR", "Settings", "default_resources_dir", "load_settings"]
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_KEY_PREFIX = "mem"
@@ -31,6 +32,21 @@ DEFAULT_TASK_TIME_LIMIT_S = 300
 DEFAULT_SUMMARIZER_TIMEOUT_S = 30.0
 DEFAULT_BEAT_LOCK_TIMEOUT_S = 60
 DEFAULT_BEAT_MAX_LOOP_INTERVAL_S = 10
+DEFAULT_RESOURCES_PACKAGE_DIR = "resources_default"
+"""Folder of ``memory_engine`` holding the resource files it ships (the same files as the
+repository's ``config/resources``, which a deployment points ``MEMORY_RESOURCES_DIR`` at)."""
+
+
+def default_resources_dir() -> Path:
+    """The resource files shipped inside the ``memory_engine`` package: where
+    ``MEMORY_RESOURCES_DIR`` points when it is unset, whatever the working directory."""
+    shipped = importlib.resources.files("memory_engine") / DEFAULT_RESOURCES_PACKAGE_DIR
+    if not isinstance(shipped, Path):  # imported from a zip: there is no directory to read
+        raise ConfigError(
+            "memory_engine is not installed as files, so its default resources cannot be read; "
+            "set MEMORY_RESOURCES_DIR"
+        )
+    return shipped
 
 
 class Settings(BaseSettings):
@@ -53,7 +69,12 @@ class Settings(BaseSettings):
 
     # --- keys and resources
     key_prefix: str = Field(default=DEFAULT_KEY_PREFIX, pattern=r"^[A-Za-z0-9_\-]{1,32}$")
-    resources_dir: Path = Path("config/resources")
+    resources_dir: Path = Field(
+        default_factory=default_resources_dir,
+        description="Directory of resource YAML files. Unset: the defaults shipped in the "
+        "memory_engine package (chat-window, customer-support, agent-scratchpad). A directory "
+        "that is set but missing is an error when the registry loads.",
+    )
     default_project_id: str = Field(default=DEFAULT_PROJECT_ID, pattern=r"^[A-Za-z0-9_\-.]{1,64}$")
 
     # --- input limits

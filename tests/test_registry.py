@@ -179,6 +179,60 @@ def test_invalid_resource_names_file_and_field(tmp_path: Path) -> None:
     assert str(path) in str(info.value) and "flushing.colour: unknown field" in str(info.value)
 
 
+def _laughs(levels: int) -> str:
+    """A billion-laughs document: each level an anchored list of nine aliases of the previous
+    one, so ``levels`` levels stand for 9**levels strings in a few hundred bytes."""
+    lines = ['lol0: &lol0 "lol"']
+    lines += [f"lol{n}: &lol{n} [{', '.join([f'*lol{n - 1}'] * 9)}]" for n in range(1, levels + 1)]
+    return resource_yaml("bomb", "\n".join(lines) + f"\ndescription: *lol{levels}\n")
+
+
+@pytest.mark.parametrize("levels", [4, 9])
+def test_yaml_aliases_refused_quickly_with_a_bounded_message(tmp_path: Path, levels: int) -> None:
+    import time
+    import traceback
+
+    path = write(tmp_path, "bomb.yaml", _laughs(levels))
+    started = time.perf_counter()
+    with pytest.raises(ConfigError) as info:
+        ResourceRegistry.from_directory(tmp_path)
+    rendered = "".join(traceback.format_exception(info.value))
+    assert time.perf_counter() - started < 2.0
+    assert info.value.source == str(path)
+    assert "anchors and aliases" in str(info.value) and "line 5" in str(info.value)
+    assert len(rendered) < 10_000, rendered[:2000]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "base: &base {type: buffer}\n",  # an anchor alone
+        "flushing: &f {type: lru}\neviction: *f\n",
+        "defaults: &d {max_messages: 3}\nmerged:\n  <<: *d\n",  # a merge key is an alias too
+    ],
+)
+def test_any_anchor_or_alias_refused(tmp_path: Path, body: str) -> None:
+    write(tmp_path, "a.yaml", resource_yaml("a", body))
+    with pytest.raises(ConfigError, match="anchors and aliases"):
+        ResourceRegistry.from_directory(tmp_path)
+
+
+def test_validation_error_not_chained_and_bounded(tmp_path: Path) -> None:
+    import traceback
+
+    # No aliases: a large but honest document whose values are all wrong.
+    huge = "x" * 100_000
+    body = "".join(f"k{i}: {huge}\n" for i in range(40)) + f"description: [{huge}]\n"
+    path = write(tmp_path, "wide.yaml", resource_yaml("wide", body))
+    with pytest.raises(ConfigError) as info:
+        load_resource_file(path)
+    error = info.value
+    assert error.__cause__ is None and error.__suppress_context__
+    text = str(error)
+    assert "(41 problems)" in text and "... and 21 more" in text
+    assert len("".join(traceback.format_exception(error))) < 20_000
+
+
 def test_not_utf8(tmp_path: Path) -> None:
     (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(ConfigError, match=r"bin\.yaml"):

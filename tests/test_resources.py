@@ -134,9 +134,56 @@ def test_max_context_ratio_and_max_tokens_exclusive() -> None:
     assert_rejected(doc(max_context_ratio=0.5, model="gpt-4o"), "max_context_ratio", "not both")
 
 
-def test_hybrid_summary_needs_summary_tokens() -> None:
-    data = doc(flushing={"type": "hybrid_summary"})
-    assert_rejected(data, "flushing.summary_tokens", "needs summary_tokens")
+def test_hybrid_summary_tokens_default_to_a_tenth_of_the_budget() -> None:
+    res = parse_resource(doc(max_tokens=10_000, flushing={"type": "hybrid_summary"}))
+    assert res.flushing.summary_tokens == 1000  # 10 % of max_tokens
+    # Round trip: the derived value is a plain value of the model.
+    assert MemoryResource.model_validate(res.model_dump(exclude_unset=True)) == res
+
+
+def test_hybrid_summary_tokens_default_to_the_long_term_share() -> None:
+    allocation = {"short_term": 0.7, "long_term": 0.2, "system": 0.1}
+    data = doc(max_tokens=10_000, token_allocation=allocation, flushing={"type": "hybrid_summary"})
+    assert parse_resource(data).flushing.summary_tokens == 2000
+
+
+def test_hybrid_summary_tokens_default_floor_and_ceiling() -> None:
+    # 10 % of 300 is 30, raised to the 64-token floor; 64 fits under half the 150-token target.
+    assert parse_resource(doc(max_tokens=300, flushing={"type": "hybrid_summary"})).flushing == (
+        parse_resource(
+            doc(max_tokens=300, flushing={"type": "hybrid_summary", "summary_tokens": 64})
+        ).flushing
+    )
+    # 100 tokens: target 50, so at most 25 (a flush can still get under its target).
+    res = parse_resource(doc(max_tokens=100, flushing={"type": "hybrid_summary"}))
+    assert res.flushing.summary_tokens == 25
+    # A long_term share above half the target is capped the same way.
+    allocation = {"short_term": 0.1, "long_term": 0.8, "system": 0.1}
+    data = doc(max_tokens=1000, token_allocation=allocation, flushing={"type": "hybrid_summary"})
+    assert parse_resource(data).flushing.summary_tokens == 250
+
+
+def test_hybrid_summary_tokens_default_without_token_limit() -> None:
+    data = doc(
+        type="message_count_based",
+        max_tokens=None,
+        max_messages=20,
+        flushing={"type": "hybrid_summary"},
+    )
+    assert parse_resource(data).flushing.summary_tokens == 512
+
+
+def test_hybrid_summary_tokens_default_from_context_ratio() -> None:
+    # floor(8192 * 0.5) = 4096 for gpt-4: 409 tokens
+    data = doc(
+        max_tokens=None, max_context_ratio=0.5, model="gpt-4", flushing={"type": "hybrid_summary"}
+    )
+    assert parse_resource(data).flushing.summary_tokens == 409
+
+
+def test_hybrid_summary_on_a_one_token_budget_is_refused() -> None:
+    data = doc(max_tokens=1, flushing={"type": "hybrid_summary"})
+    assert_rejected(data, "flushing.summary_tokens", "too small")
 
 
 def test_summary_tokens_below_token_limit() -> None:
@@ -191,6 +238,33 @@ def test_flushing_ranges(field: str, value: float) -> None:
 def test_target_below_threshold() -> None:
     data = doc(flushing={"summarize_threshold": 0.5, "target_percent": 0.6})
     assert_rejected(data, "flushing.target_percent", "summarize_threshold")
+    data = doc(flushing={"summarize_threshold": 0.5, "target_percent": 0.5})
+    assert_rejected(data, "flushing.target_percent", "summarize_threshold")
+
+
+@pytest.mark.parametrize("strategy", [t.value for t in FlushingType])
+@pytest.mark.parametrize(
+    ("threshold", "target"),
+    [(1.0, 0.5), (0.8, 0.5), (0.6, 0.375), (0.5, 0.3125), (0.2, 0.125), (0.01, 0.00625)],
+)
+def test_default_target_is_derived_from_the_threshold(
+    strategy: str, threshold: float, target: float
+) -> None:
+    flushing = {"type": strategy, "summarize_threshold": threshold}
+    res = parse_resource(doc(flushing=flushing))
+    assert res.flushing.target_percent == pytest.approx(target)
+    assert res.flushing.target_percent < threshold
+
+
+@given(st.floats(min_value=0, max_value=1, exclude_min=True, allow_subnormal=False))
+def test_every_legal_threshold_is_accepted_alone(threshold: float) -> None:
+    res = parse_resource(doc(flushing={"summarize_threshold": threshold}))
+    assert 0 < res.flushing.target_percent < threshold
+
+
+def test_explicit_target_is_kept() -> None:
+    data = doc(flushing={"summarize_threshold": 0.5, "target_percent": 0.45})
+    assert parse_resource(data).flushing.target_percent == 0.45
 
 
 def test_flushing_type_known() -> None:
@@ -337,6 +411,25 @@ def test_default_key_template_must_parse() -> None:
     assert ok.default_key_template == "chat:{{ workflow.id }}"
 
 
+@pytest.mark.parametrize(
+    ("value", "text"), [(1.0, "1.0"), (2, "2"), (0.3, "0.3"), ("1.10", "1.10")]
+)
+def test_version_numbers_are_kept_as_text(value: object, text: str) -> None:
+    assert parse_resource(doc(version=value)).version == text
+
+
+def test_version_from_unquoted_yaml_number() -> None:
+    import yaml
+
+    data = yaml.safe_load("resource: memory\nid: v\ntype: buffer\nmax_messages: 5\nversion: 1.0\n")
+    assert parse_resource(data).version == "1.0"
+
+
+@pytest.mark.parametrize("value", [True, [1], {"major": 1}])
+def test_version_other_types_refused(value: object) -> None:
+    assert_rejected(doc(version=value), "version")
+
+
 def test_unknown_keys_rejected_with_path() -> None:
     assert_rejected(doc(colour="blue"), "colour", "unknown field")
     assert_rejected(doc(flushing={"type": "lru", "keep_first": 2}), "flushing.keep_first")
@@ -370,7 +463,9 @@ def test_model_validate_raises_validation_error_with_loc() -> None:
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError) as info:
-        MemoryResource.model_validate(doc(flushing={"type": "hybrid_summary"}))
+        MemoryResource.model_validate(
+            doc(flushing={"type": "hybrid_summary", "summary_tokens": 5000})
+        )
     assert info.value.errors()[0]["loc"] == ("flushing", "summary_tokens")
 
 
@@ -383,7 +478,7 @@ def test_thresholds_and_targets_tokens_and_messages() -> None:
     )
     assert res.effective_max_tokens == 4000
     assert res.trigger_thresholds() == (3000, 150)
-    assert res.flush_targets() == (2000, 100)
+    assert res.flush_targets() == (1875, 93)  # default target 0.75 * 0.625 = 0.46875
 
 
 def test_thresholds_untracked_limit_is_zero() -> None:
@@ -495,6 +590,40 @@ def test_patterns_matching_empty_refused(pattern: str) -> None:
         check_redact_pattern(pattern)
 
 
+@pytest.mark.parametrize(
+    "pattern",
+    [r"x{e<=9}", r"secret{e<=1}", r"(?:api_key){i<=2}", r"(?:token){s<=1,d<=1}", r"a{e}",
+     r"(?x) pass word {e<=2}", r"(?i)(?:ab(?:cd){e<=1})+"],
+)  # fmt: skip
+def test_fuzzy_patterns_refused(pattern: str) -> None:
+    # re reads the braces as literal text, so its screen passes them; regex runs them fuzzy.
+    with pytest.raises(ValueError, match="fuzzy matching"):
+        check_redact_pattern(pattern)
+    assert_rejected(
+        doc(privacy_policy={"redact_patterns": ["safe", pattern]}),
+        "privacy_policy.redact_patterns.1",
+        "fuzzy",
+    )
+
+
+@pytest.mark.parametrize("pattern", [r"(?V1)a", r"(?V0)secret", r"a(?V1)b", r"(?iV1)x"])
+def test_inline_version_flags_refused(pattern: str) -> None:
+    with pytest.raises(ValueError, match="inline version flags"):
+        check_redact_pattern(pattern)
+
+
+def test_escaped_braces_are_literal_and_accepted() -> None:
+    assert check_redact_pattern(r"x\{e<=9\}") == r"x\{e<=9\}"
+
+
+def test_empty_match_screened_with_the_engine_that_runs_it() -> None:
+    import regex
+
+    # Whatever reaches the engine, the engine itself must not match the empty string.
+    for pattern in (r"x\{e<=9\}", r"\d{3}", r"sk-[A-Za-z0-9]{20,}"):
+        assert regex.compile(check_redact_pattern(pattern)).search("") is None
+
+
 def test_nested_quantifier_message_says_how_to_fix() -> None:
     with pytest.raises(ValueError, match=r"possessive \(a\+\+\) or atomic"):
         check_redact_pattern(r"(?:[a-z0-9-]+\.)+[a-z]{2,}")
@@ -588,3 +717,12 @@ def test_anthropic_token_provider_needs_a_model() -> None:
         "token_provider.model",
         "needs a model",
     )
+
+
+@pytest.mark.parametrize("strategy", [t.value for t in FlushingType])
+@pytest.mark.parametrize("policy", [p.value for p in EvictionPolicyType])
+def test_uses_recorded_when_the_strategy_or_the_eviction_policy_needs_them(
+    strategy: str, policy: str
+) -> None:
+    res = parse_resource(doc(flushing={"type": strategy}, eviction={"policy": policy}))
+    assert res.records_uses == (strategy in ("lru", "token_aware_lru") or policy == "lru")

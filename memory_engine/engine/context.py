@@ -30,14 +30,11 @@ from typing import TYPE_CHECKING, Any
 
 from memory_engine.core.units import group_units
 from memory_engine.messages import Message, Role
-from memory_engine.resources import FlushingType
 
 if TYPE_CHECKING:
     from memory_engine.engine.handle import MemoryHandle
 
 __all__ = ["build_context"]
-
-_LRU = {FlushingType.LRU, FlushingType.TOKEN_AWARE_LRU}
 
 
 def build_context(memory: MemoryHandle, max_tokens: int | None = None) -> list[Message]:
@@ -58,7 +55,7 @@ def build_context(memory: MemoryHandle, max_tokens: int | None = None) -> list[M
         if not exhausted or found.tail_start == 0 or read_budget is None:
             break
         read_budget = read_budget * 2 + 1
-    if resource.flushing.type in _LRU:
+    if resource.records_uses:
         store.record_use(keys, [m.seq for m in window if m.seq is not None], resource.ttl_s)
     return window
 

@@ -194,3 +194,42 @@ def test_token_aware_lru_drops_a_large_stale_message_before_small_ones(settings:
         # token-aware LRU evicts the big stale log alone and keeps every small note.
         assert contents[12] in kept["lru-t"] and len(kept["lru-t"]) <= 17
         assert contents[12] not in kept["tlru-t"] and len(kept["tlru-t"]) == 19
+
+
+def test_lru_eviction_with_a_fifo_flush_drops_the_least_recently_used(settings: Settings) -> None:
+    # eviction.policy lru needs uses even when the flushing strategy (simple_fifo) does not.
+    common = {"type": "message_count_based", "max_messages": 10, "max_tokens": None}
+    with client_with(
+        settings,
+        resource("fifo-evict", **common),
+        resource("lru-evict", eviction={"policy": "lru"}, **common),
+        broker_url="redis://127.0.0.1:1/0",  # no worker: the evictions under test run inline
+        socket_connect_timeout_s=0.2,
+    ) as c:
+        contents = [f"fact {i}" for i in range(14)]
+        kept = {}
+        for rid in ("fifo-evict", "lru-evict"):
+            m = _fill(c, rid, contents[:10])
+            m.read_page(0, 3)  # the app re-reads the three oldest facts
+            m.append_many([{"role": "user", "content": x} for x in contents[10:]])
+            assert m.stats().message_count == 14  # over max_messages: eviction's job
+            m.evict()
+            kept[rid] = [x.content for x in m.read()]
+        assert kept["fifo-evict"] == contents[4:]
+        # lru evicts the four least recently used: facts 3 to 6, never used since appended.
+        assert kept["lru-evict"] == contents[:3] + contents[7:]
+
+
+def test_context_records_uses_for_lru_eviction_only(settings: Settings, redis_client: Any) -> None:
+    common = {"type": "message_count_based", "max_messages": 10, "max_tokens": None}
+    with client_with(
+        settings,
+        resource("fifo-ctx", **common),
+        resource("lru-ctx", eviction={"policy": "lru"}, **common),
+    ) as c:
+        used = {}
+        for rid in ("fifo-ctx", "lru-ctx"):
+            m = _fill(c, rid, [f"fact {i}" for i in range(5)])
+            assert len(m.context()) == 5
+            used[rid] = redis_client.zcard(m.keys.used)
+        assert used == {"fifo-ctx": 0, "lru-ctx": 5}
