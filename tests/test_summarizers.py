@@ -228,6 +228,37 @@ def test_status_is_named_and_key_echo_is_scrubbed(
         llm.summarize(None, CONVERSATION, max_tokens=50, counter=counter)
 
 
+# Long enough to straddle the 200-character excerpt of the error body that echoes it.
+LONG_KEY = "sk-straddle-" + "".join(f"{i:04x}" for i in range(70))
+
+
+def leaks(secret: str, text: str) -> bool:
+    """True when any 8 consecutive characters of ``secret`` appear in ``text``."""
+    return any(secret[i : i + 8] in text for i in range(len(secret) - 7))
+
+
+def test_a_key_echoed_across_the_excerpt_cut_is_scrubbed_in_errors_and_logs(
+    provider: str,
+    llm_server: FakeLLMServer,
+    counter: TokenCounter,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    llm_server.mode = "error401"  # the body echoes the credential it received
+    with make(provider, llm_server, api_key=SecretStr(LONG_KEY)) as summarizer:
+        with pytest.raises(SummarizerError, match="HTTP 401") as info:
+            summarizer.summarize(None, CONVERSATION, max_tokens=50, counter=counter)
+        fallback = FallbackSummarizer(summarizer, RuleBasedSummarizer())
+        assert fallback.summarize(None, CONVERSATION, max_tokens=50, counter=counter).text
+    sent = llm_server.recorded()
+    assert len(sent) == 2 and all(LONG_KEY in " ".join(r.headers.values()) for r in sent)
+    message = str(info.value)
+    assert "bad key" in message and "**********" in message
+    texts = [message, repr(info.value), caplog.text, *(r.getMessage() for r in caplog.records)]
+    assert "**********" in caplog.text  # the fallback's warning quoted the scrubbed error
+    assert not any(leaks(LONG_KEY, text) for text in texts)
+
+
 def test_connection_refused_raises(provider: str, counter: TokenCounter) -> None:
     with running_llm_server() as server:
         summarizer = make(provider, server, timeout_s=2.0)
