@@ -13,9 +13,20 @@ Token allocation (``token_allocation`` of the resource; shares of the budget B):
 
 Without ``token_allocation`` the system messages and the summary come first and the newest
 messages fill the rest. Every figure uses the stored per-message token counts, so the window never
-exceeds the budget under the same counter. A tool result whose call is not among the candidates (an
-orphan, or one whose call lies before the part read) is never put in the window alone: a provider
-would reject it.
+exceeds the budget under the same counter.
+
+Tool calls (OpenAI and Anthropic answer HTTP 400 to a call without its result, a result without
+its call, or anything between them): the window never holds one without the other. Each unit
+(:mod:`memory_engine.strategies.units`) is made sendable before it is budgeted:
+
+- an assistant message keeps only the ``tool_calls`` entries answered by a result in the memory
+  (results of a non-persistable ``tool`` role were never stored; a flush may have removed a call
+  whose results arrived after its snapshot); it keeps its text without them, and is left out when
+  nothing remains. Its stored token count, an upper bound then, is what it costs;
+- a tool result whose call is not in the window is left out (its call was never stored, was
+  flushed, or lies before the part read); so is a second result for the same call;
+- a unit's messages come together, the results right after their call: a message stored between
+  a call and its result follows the result in the window (the window is in seq order otherwise).
 
 Reads are bounded by the budget, not by the memory's length: one script (``lua/context.lua``)
 returns the summary, the shortest tail whose non-system messages exceed the budget (the window's
@@ -30,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from memory_engine.messages import Message, Role
 from memory_engine.resources import FlushingType
-from memory_engine.strategies.units import group_units
+from memory_engine.strategies.units import Unit, group_units
 
 if TYPE_CHECKING:
     from memory_engine.client import Memory
@@ -78,10 +89,9 @@ def _select(
     resource = memory.resource
     summary_msg = _summary_message(summary)
     if budget is None:
-        units = group_units([m for m in tail if not m.is_system])
-        kept = [m for unit in units if not _is_orphan_result(unit) for m in unit]
-        chosen = sorted({m.seq: m for m in (*systems, *kept)}.values(), key=_seq)
-        return _assemble(chosen, summary_msg), True
+        system_seqs = {m.seq for m in systems}
+        units = _sendable_units([m for m in tail if m.seq not in system_seqs])
+        return _assemble(_in_order(systems, units), summary_msg), True
 
     alloc = resource.token_allocation
     reserved = int(budget * sum(alloc.user_defined.values())) if alloc else 0
@@ -109,26 +119,68 @@ def _select(
     # Short-term: its own share plus whatever the system and long-term shares left unused.
     remaining = available - used
     system_seqs = {m.seq for m in systems}
-    recent: list[Message] = []
+    recent: list[Unit] = []
     candidates = [m for m in tail if m.seq not in system_seqs]
     exhausted = True
-    for unit in reversed(group_units(candidates)):
-        if _is_orphan_result(unit):
-            continue
+    for unit in reversed(_sendable_units(candidates)):
         cost = sum(m.token_count or 0 for m in unit)
         if cost > remaining:
             exhausted = False
             break
-        recent.extend(unit)
+        recent.append(unit)
         remaining -= cost
-    chosen = sorted([*chosen_systems, *recent], key=_seq)
-    return _assemble(chosen, summary_msg), exhausted
+    return _assemble(_in_order(chosen_systems, recent), summary_msg), exhausted
 
 
-def _is_orphan_result(unit: tuple[Message, ...]) -> bool:
-    """A tool result alone: its call is not among the candidates (never declared, or before
-    the part of the list that was read). Alone in a window it would be rejected by a provider."""
-    return len(unit) == 1 and unit[0].role is Role.TOOL
+def _sendable_units(messages: list[Message]) -> list[Unit]:
+    """The units of ``messages`` (seq order) as a provider accepts them, in order; units with
+    nothing left to send are left out."""
+    units = (_sendable(unit) for unit in group_units(messages))
+    return [unit for unit in units if unit]
+
+
+def _sendable(unit: Unit) -> Unit:
+    """``unit`` with every tool call answered and every result answering a kept call.
+
+    A unit is one message, or an assistant message with ``tool_calls`` followed by the results
+    that answer them (:func:`~memory_engine.strategies.units.group_units`). Calls without a
+    result are dropped from the message (its text stays; without text it goes), results beyond
+    the first for a call are dropped, and a result alone (an orphan) leaves nothing.
+    """
+    head = unit[0]
+    if head.role is Role.TOOL:
+        return ()  # an orphan result: its call is not among the candidates
+    if not head.tool_calls:
+        return unit
+    answers: dict[str, Message] = {}  # call id -> its first result
+    for result in unit[1:]:
+        if result.tool_call_id is not None:
+            answers.setdefault(result.tool_call_id, result)
+    calls: list[dict[str, Any]] = []
+    kept: set[str] = set()
+    for call in head.tool_calls:
+        call_id = call.get("id")
+        # A call without a result, or a second declaration of one id, cannot be sent.
+        if isinstance(call_id, str) and call_id in answers and call_id not in kept:
+            kept.add(call_id)
+            calls.append(call)
+    results = tuple(m for m in unit[1:] if m.tool_call_id in kept and answers[m.tool_call_id] is m)
+    if len(calls) == len(head.tool_calls) and len(results) == len(unit) - 1:
+        return unit
+    if calls:
+        return (head.model_copy(update={"tool_calls": calls}), *results)
+    if head.content.strip():
+        return (head.model_copy(update={"tool_calls": None}),)
+    return ()
+
+
+def _in_order(systems: list[Message], units: list[Unit]) -> list[Message]:
+    """System messages and units in seq order (a unit at its first message), each unit's
+    messages together."""
+    blocks: list[tuple[int, Unit]] = [(_seq(m), (m,)) for m in systems]
+    blocks += [(_seq(unit[0]), unit) for unit in units]
+    blocks.sort(key=lambda block: block[0])
+    return [m for _, unit in blocks for m in unit]
 
 
 def _summary_message(summary: dict[str, Any]) -> Message | None:
