@@ -3,7 +3,7 @@
 One place decides how a call to a provider is bounded: a total deadline checked while the body is
 read (httpx's timeouts bound each network wait, not the whole call), a cap on the reply size, and
 URLs shown without user info. Callers translate :class:`HttpCallError` into their own error type
-and scrub any secret they sent from its text.
+and quote a provider's text through :func:`error_excerpt`, which removes any secret they sent.
 """
 
 from __future__ import annotations
@@ -14,7 +14,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-__all__ = ["HttpCallError", "post_json_bounded", "safe_url"]
+__all__ = ["ERROR_EXCERPT_CHARS", "HttpCallError", "error_excerpt", "post_json_bounded", "safe_url"]
+
+ERROR_EXCERPT_CHARS = 200
+"""How much of a provider's error body an error message quotes."""
+SCRUBBED = "**********"
 
 
 class HttpCallError(Exception):
@@ -29,6 +33,20 @@ def safe_url(url: str) -> str:
     host = parts.hostname or ""
     netloc = f"{host}:{parts.port}" if parts.port else host
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def error_excerpt(
+    text: str, secret: str | None, limit_chars: int | None = ERROR_EXCERPT_CHARS
+) -> str:
+    """At most ``limit_chars`` of ``text`` (all of it for ``None``), an error body or an
+    exception's text, with every occurrence of ``secret`` replaced by ``**********``.
+
+    The secret is removed *before* the text is cut: cutting first would leave the part of a secret
+    that straddles the cut, which no longer matches the whole secret, in clear.
+    """
+    if secret:
+        text = text.replace(secret, SCRUBBED)
+    return text if limit_chars is None else text[:limit_chars]
 
 
 def post_json_bounded(

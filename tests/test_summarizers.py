@@ -228,6 +228,37 @@ def test_status_is_named_and_key_echo_is_scrubbed(
         llm.summarize(None, CONVERSATION, max_tokens=50, counter=counter)
 
 
+# Long enough to straddle the 200-character excerpt of the error body that echoes it.
+LONG_KEY = "sk-straddle-" + "".join(f"{i:04x}" for i in range(70))
+
+
+def leaks(secret: str, text: str) -> bool:
+    """True when any 8 consecutive characters of ``secret`` appear in ``text``."""
+    return any(secret[i : i + 8] in text for i in range(len(secret) - 7))
+
+
+def test_a_key_echoed_across_the_excerpt_cut_is_scrubbed_in_errors_and_logs(
+    provider: str,
+    llm_server: FakeLLMServer,
+    counter: TokenCounter,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    llm_server.mode = "error401"  # the body echoes the credential it received
+    with make(provider, llm_server, api_key=SecretStr(LONG_KEY)) as summarizer:
+        with pytest.raises(SummarizerError, match="HTTP 401") as info:
+            summarizer.summarize(None, CONVERSATION, max_tokens=50, counter=counter)
+        fallback = FallbackSummarizer(summarizer, RuleBasedSummarizer())
+        assert fallback.summarize(None, CONVERSATION, max_tokens=50, counter=counter).text
+    sent = llm_server.recorded()
+    assert len(sent) == 2 and all(LONG_KEY in " ".join(r.headers.values()) for r in sent)
+    message = str(info.value)
+    assert "bad key" in message and "**********" in message
+    texts = [message, repr(info.value), caplog.text, *(r.getMessage() for r in caplog.records)]
+    assert "**********" in caplog.text  # the fallback's warning quoted the scrubbed error
+    assert not any(leaks(LONG_KEY, text) for text in texts)
+
+
 def test_connection_refused_raises(provider: str, counter: TokenCounter) -> None:
     with running_llm_server() as server:
         summarizer = make(provider, server, timeout_s=2.0)
@@ -425,6 +456,42 @@ def test_rule_based_empty_input_gives_empty_text(counter: TokenCounter) -> None:
         RuleBasedSummarizer().summarize(None, CONVERSATION, max_tokens=0, counter=counter)
 
 
+# A summary an LLM wrote, close to its cap: the memory's whole compressed history.
+HISTORY = "\n".join(
+    f"Customer C-{i} reported order ORD-{4000 + i} lost on 2024-03-{10 + i}; refund agreed."
+    for i in range(4)
+)
+
+
+def test_keep_previous_keeps_the_whole_history_and_adds_what_fits(counter: TokenCounter) -> None:
+    cap = counter.count_text(HISTORY) + 25
+    new = [
+        msg("user", f"Also ticket T-{i} for ORD-{i} is pending, please follow up.")
+        for i in range(6)
+    ]
+    kept = RuleBasedSummarizer(keep_previous=True).summarize(
+        HISTORY, new, max_tokens=cap, counter=counter
+    )
+    assert kept.text.startswith(HISTORY + "\n")  # whole and first
+    assert "ORD-" in kept.text[len(HISTORY) :]  # and what fits of the new material after it
+    assert kept.token_count == counter.count_text(kept.text) <= cap
+    # The default (the rule-based summarizer as the primary) compresses the history to make room.
+    plain = RuleBasedSummarizer().summarize(HISTORY, new, max_tokens=cap, counter=counter)
+    assert not all(line in plain.text for line in HISTORY.splitlines())
+
+
+@pytest.mark.parametrize("cap", [1, 8, 30])
+def test_keep_previous_over_the_cap_cuts_the_history_by_priority(
+    cap: int, counter: TokenCounter
+) -> None:
+    new = [msg("user", "New order ORD-9 arrived.")]
+    result = RuleBasedSummarizer(keep_previous=True).summarize(
+        HISTORY, new, max_tokens=cap, counter=counter
+    )
+    assert result.text.strip() and result.token_count <= cap
+    assert "ORD-9 " not in result.text  # no new line joins a history already over the cap
+
+
 _message = st.builds(
     msg,
     st.sampled_from(["user", "assistant", "tool", "system"]),
@@ -442,12 +509,12 @@ def test_rule_based_properties(
     previous: str | None, messages: list[Message], max_tokens: int
 ) -> None:
     counter = counter_for(None)
-    rb = RuleBasedSummarizer()
-    result = rb.summarize(previous, messages, max_tokens=max_tokens, counter=counter)
-    assert result.token_count == counter.count_text(result.text) <= max_tokens
-    assert rb.summarize(previous, messages, max_tokens=max_tokens, counter=counter) == result
     had_input = bool((previous or "").strip()) or any(m.content.strip() for m in messages)
-    assert bool(result.text.strip()) == had_input
+    for rb in (RuleBasedSummarizer(), RuleBasedSummarizer(keep_previous=True)):
+        result = rb.summarize(previous, messages, max_tokens=max_tokens, counter=counter)
+        assert result.token_count == counter.count_text(result.text) <= max_tokens
+        assert rb.summarize(previous, messages, max_tokens=max_tokens, counter=counter) == result
+        assert bool(result.text.strip()) == had_input
 
 
 # --- prompt and validation ----------------------------------------------------------------------
@@ -504,6 +571,7 @@ def test_build_llm_defaults(provider: str, cls: type, url: str) -> None:
         )
     )
     assert isinstance(s, FallbackSummarizer) and isinstance(s.fallback, RuleBasedSummarizer)
+    assert s.fallback.keep_previous  # an outage never costs the LLM's summary
     assert isinstance(s.primary, GuardedSummarizer)  # the LLM sits behind a circuit breaker
     llm = s.primary.inner
     assert type(llm) is cls

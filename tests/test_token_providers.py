@@ -286,6 +286,33 @@ def test_the_key_never_appears_in_logs_reprs_or_errors(
     assert KEY_ENV in repr(counter.remote)  # the variable's name is fine to show
 
 
+def test_a_key_echoed_across_the_excerpt_cut_is_scrubbed(
+    llm_server: FakeLLMServer,
+    monkeypatch: pytest.MonkeyPatch,
+    provider_settings: Settings,
+    redis_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    # Long enough to straddle the 200-character excerpt of the error body that echoes it.
+    long_key = "sk-ant-straddle-" + "".join(f"{i:04x}" for i in range(70))
+    monkeypatch.setenv(KEY_ENV, long_key)
+    llm_server.mode = "error401"
+    counter = anthropic(llm_server.anthropic_base_url, provider_settings, redis_client)
+    counter.count_content(TEXT)  # falls back to tiktoken and logs why
+    direct = AnthropicTokenCounter(
+        MODEL, endpoint=llm_server.anthropic_base_url, api_key_env=KEY_ENV, timeout_s=1
+    )
+    with pytest.raises(TokenProviderError, match="HTTP 401") as info:
+        direct.count(TEXT)
+    direct.close()
+    assert all(r.headers["x-api-key"] == long_key for r in count_requests(llm_server))
+    assert "bad key" in str(info.value) and "**********" in str(info.value)
+    texts = [str(info.value), caplog.text, *(r.getMessage() for r in caplog.records)]
+    pieces = [long_key[i : i + 8] for i in range(len(long_key) - 7)]
+    assert not any(piece in text for piece in pieces for text in texts)
+
+
 # --- other providers -----------------------------------------------------------------------------
 
 

@@ -5,7 +5,9 @@
 - ``MEMORY_SUMMARIZER_PROVIDER=rule_based`` (the default): :class:`RuleBasedSummarizer`, offline.
 - ``openai`` or ``anthropic``: the LLM summarizer wrapped in :class:`FallbackSummarizer`, which
   answers with the rule-based summary (source ``"rule_based_fallback"``) whenever the LLM call
-  fails or returns junk. A flush therefore always gets a usable summary.
+  fails or returns junk. A flush therefore always gets a usable summary, and that fallback keeps
+  the previous summary whole (``RuleBasedSummarizer(keep_previous=True)``): an outage adds less
+  of the new material, it never loses the compressed history.
 
 The LLM summarizer sits behind a circuit breaker (:class:`GuardedSummarizer`, one breaker per
 endpoint, state shared through Redis when :func:`build_summarizer` is given a client): after
@@ -126,7 +128,8 @@ def build_summarizer(settings: Settings, redis: RedisClient | None = None) -> Su
     """The summarizer the settings ask for.
 
     ``rule_based`` -> :class:`RuleBasedSummarizer`. ``openai``/``anthropic`` ->
-    ``FallbackSummarizer(GuardedSummarizer(<LLM summarizer>, <breaker>), RuleBasedSummarizer())``;
+    ``FallbackSummarizer(GuardedSummarizer(<LLM summarizer>, <breaker>),
+    RuleBasedSummarizer(keep_previous=True))``;
     the breaker is named ``summarizer.<provider>@<host>`` and keeps its state in ``redis`` (shared
     by every process with the same key prefix) or, without one, in this process. The base URL
     defaults to https://api.openai.com/v1 or https://api.anthropic.com. Raises
@@ -167,4 +170,6 @@ def build_summarizer(settings: Settings, redis: RedisClient | None = None) -> Su
         failures=(SummarizerError,),
         redis=redis,
     )
-    return FallbackSummarizer(GuardedSummarizer(primary, breaker), RuleBasedSummarizer())
+    # The fallback stands in for an LLM that will be back: it keeps the LLM's summary whole.
+    fallback = RuleBasedSummarizer(keep_previous=True)
+    return FallbackSummarizer(GuardedSummarizer(primary, breaker), fallback)

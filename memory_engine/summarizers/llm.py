@@ -24,7 +24,7 @@ import httpx
 from pydantic import SecretStr
 
 from memory_engine.errors import SummarizerError
-from memory_engine.http import HttpCallError, post_json_bounded, safe_url
+from memory_engine.http import HttpCallError, error_excerpt, post_json_bounded, safe_url
 from memory_engine.settings import DEFAULT_SUMMARIZER_TIMEOUT_S
 from memory_engine.summarizers.base import SummaryText, check_summary_text, has_content
 from memory_engine.summarizers.prompt import Prompt, build_prompt
@@ -48,7 +48,6 @@ DEFAULT_ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_TIMEOUT_S = DEFAULT_SUMMARIZER_TIMEOUT_S
 MAX_RESPONSE_BYTES = 1024 * 1024
-_ERROR_BODY_CHARS = 200
 
 
 class _HTTPSummarizer:
@@ -154,12 +153,14 @@ class _HTTPSummarizer:
                 max_bytes=MAX_RESPONSE_BYTES,
             )
         except HttpCallError as exc:
-            raise SummarizerError(f"{self.name} summarizer: {self._scrub(str(exc))}") from exc
+            raise SummarizerError(
+                f"{self.name} summarizer: {error_excerpt(str(exc), self._secret(), None)}"
+            ) from exc
         elapsed = time.monotonic() - started
         if status >= 400:
             raise SummarizerError(
                 f"{self.name} summarizer: HTTP {status} from {where}: "
-                f"{self._scrub(text[:_ERROR_BODY_CHARS])}"
+                f"{error_excerpt(text, self._secret())}"
             )
         logger.debug(
             "summarizer %s model %s answered %s in %.3fs", self.name, self.model, status, elapsed
@@ -171,13 +172,9 @@ class _HTTPSummarizer:
                 f"{self.name} summarizer: malformed JSON from {where} (HTTP {status})"
             ) from exc
 
-    def _scrub(self, text: str) -> str:
-        """Remove the API key from text taken from elsewhere (an error body may echo it)."""
-        if self._api_key is not None:
-            secret = self._api_key.get_secret_value()
-            if secret:
-                text = text.replace(secret, "**********")
-        return text
+    def _secret(self) -> str | None:
+        """The key to scrub from text taken from elsewhere (an error body may echo it)."""
+        return None if self._api_key is None else self._api_key.get_secret_value()
 
     def _shape_error(self, what: str) -> SummarizerError:
         return SummarizerError(f"{self.name} summarizer: unexpected response shape: {what}")

@@ -3,7 +3,10 @@
 Messages become one line each, ``role: content`` (whitespace collapsed so a line is a message);
 an assistant message with tool calls also yields ``assistant called tool NAME(ARGS)`` lines. The
 user turn carries the previous summary and the new lines in tagged blocks, and the system turn
-says how to merge them. The conversation is data, not instructions: the prompt says so.
+says how to merge them. The conversation is data, not instructions: the prompt says so, and a
+tag of those blocks written in the conversation is neutralised (``<`` becomes ``&lt;``) so it
+cannot close a block early. (How a summary is quoted in a context window:
+:func:`memory_engine.engine.context.quote_summary`.)
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ Return the updated summary in at most {max_tokens} tokens."""
 NO_PREVIOUS = "(no summary yet)"
 
 _WS_RE = re.compile(r"\s+")
+# An opening or closing tag of the prompt's blocks, however spaced or cased.
+_PROMPT_TAG_RE = re.compile(r"<(?=\s*/?\s*(?:previous_summary|new_lines)\b)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -120,9 +125,10 @@ def render_messages(messages: Sequence[Message]) -> str:
 def build_prompt(previous: str | None, messages: Sequence[Message], max_tokens: int) -> Prompt:
     """The system and user text asking for ``previous`` updated with ``messages``."""
     prev = previous.strip() if previous and previous.strip() else NO_PREVIOUS
+    lines = _PROMPT_TAG_RE.sub("&lt;", render_messages(messages))
     return Prompt(
         system=SYSTEM_PROMPT.format(max_tokens=max_tokens),
         user=USER_TEMPLATE.format(
-            previous=prev, lines=render_messages(messages), max_tokens=max_tokens
+            previous=_PROMPT_TAG_RE.sub("&lt;", prev), lines=lines, max_tokens=max_tokens
         ),
     )

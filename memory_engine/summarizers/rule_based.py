@@ -6,6 +6,13 @@ message, ``role: first sentence + key facts``. A *unit* is a sentence; each unit
 summary keeps up to half of the budget, new lines get the rest, and within each the
 lowest-priority units go first (older before newer on a tie); what is left is printed in its
 original order.
+
+``keep_previous=True`` (how :func:`~memory_engine.summarizers.build_summarizer` builds the fallback
+of an LLM summarizer) changes the first rule: the previous summary is the memory's compressed
+history, written by the LLM, so it is kept whole whenever it fits in ``max_tokens`` and new lines
+get only what it leaves. An LLM outage then never costs the long-term memory; what does not fit
+of the new material is what is lost. (A previous summary over the cap, after ``summary_tokens``
+was lowered, is cut by priority like new lines; no new line is added then.)
 Deterministic: same input, same output.
 """
 
@@ -92,12 +99,19 @@ def _sentences(text: str) -> list[str]:
 
 
 class RuleBasedSummarizer:
-    """Extractive, deterministic, offline. Never returns empty text when there was input."""
+    """Extractive, deterministic, offline. Never returns empty text when there was input.
+
+    ``keep_previous``: keep the previous summary whole when it fits, and add only what fits of
+    the new messages after it (see the module docstring); the fallback of an LLM summarizer.
+    """
 
     name = "rule_based"
 
+    def __init__(self, *, keep_previous: bool = False) -> None:
+        self.keep_previous = keep_previous
+
     def __repr__(self) -> str:
-        return "RuleBasedSummarizer()"
+        return f"RuleBasedSummarizer(keep_previous={self.keep_previous})"
 
     def summarize(
         self,
@@ -116,7 +130,9 @@ class RuleBasedSummarizer:
         unit_cap = max(16, max_tokens // 2)
 
         def add(group: int, text: str, *, bonus: int = 0, previous: bool = False) -> None:
-            text = self._clip(text, unit_cap, counter)
+            # Kept whole, a previous line is never clipped to make room for others.
+            cap = max_tokens if previous and self.keep_previous else unit_cap
+            text = self._clip(text, cap, counter)
             units.append(
                 _Unit(
                     group,
@@ -212,15 +228,36 @@ class RuleBasedSummarizer:
                     taken.add(unit.order)
                     used += cost
 
-        # The previous summary is the memory's long-term part: it may keep up to half the budget
-        # before new lines compete; new lines may then use all the rest; leftovers go to anything.
-        take([u for u in ranked if u.previous], max_tokens // 2)
-        take([u for u in ranked if not u.previous], max_tokens)
-        take(ranked, max_tokens)
-        chosen.sort(key=rank)
+        # The exact check below drops from the end of this order.
+        def order(unit: _Unit) -> tuple[int, ...]:
+            if self.keep_previous:  # every new line goes before any line of the history
+                return (0 if unit.previous else 1, *rank(unit))
+            return rank(unit)
+
+        previous = [u for u in ranked if u.previous]
+        fresh = [u for u in ranked if not u.previous]
+        if self.keep_previous:
+            whole = self._render(groups, previous) if previous else ""
+            whole_tokens = counter.count_text(whole) if whole else 0
+            if whole_tokens <= max_tokens:
+                chosen.extend(previous)
+                taken.update(u.order for u in previous)
+                used = whole_tokens + (1 if previous else 0)  # +1: the line break after it
+            else:
+                take(previous, max_tokens)
+                fresh = []  # the history alone is over the cap: nothing new joins it
+            take(fresh, max_tokens)
+        else:
+            # The previous summary is the memory's long-term part: it may keep up to half the
+            # budget before new lines compete; new lines may then use all the rest; leftovers
+            # go to anything.
+            take(previous, max_tokens // 2)
+            take(fresh, max_tokens)
+            take(ranked, max_tokens)
+        chosen.sort(key=order)
         text = self._render(groups, chosen)
         while chosen and counter.count_text(text) > max_tokens:
-            chosen.pop()  # the lowest-ranked unit chosen so far
+            chosen.pop()  # the last in that order: the lowest-ranked (new) unit chosen
             text = self._render(groups, chosen)
         if chosen:
             return text

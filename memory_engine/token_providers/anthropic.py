@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import httpx
 from cachetools import LRUCache
 
-from memory_engine.http import HttpCallError, post_json_bounded, safe_url
+from memory_engine.http import HttpCallError, error_excerpt, post_json_bounded, safe_url
 from memory_engine.token_providers.base import TokenProviderError, TokenSource
 
 if TYPE_CHECKING:
@@ -50,7 +50,6 @@ DEFAULT_COUNT_CACHE_ENTRIES = 65536
 """Entries in the count cache (a 16-byte digest and an int each, about 150 bytes)."""
 
 MAX_COUNT_RESPONSE_BYTES = 64 * 1024
-_ERROR_BODY_CHARS = 200
 _DIGEST_BYTES = 16
 _CALIBRATION_TEXT = "."  # one token in any BPE vocabulary
 # Hosts that never answer without a key: calling them keyless would only burn the breaker.
@@ -172,11 +171,13 @@ class AnthropicTokenCounter:
                 max_bytes=MAX_COUNT_RESPONSE_BYTES,
             )
         except HttpCallError as exc:
-            raise TokenProviderError(f"anthropic token count: {_scrub(str(exc), key)}") from exc
+            raise TokenProviderError(
+                f"anthropic token count: {error_excerpt(str(exc), key, None)}"
+            ) from exc
         if status >= 400:
             raise TokenProviderError(
                 f"anthropic token count: HTTP {status} from {self._where}: "
-                f"{_scrub(reply[:_ERROR_BODY_CHARS], key)}"
+                f"{error_excerpt(reply, key)}"
             )
         return self._parse(reply, status)
 
@@ -193,8 +194,3 @@ class AnthropicTokenCounter:
                 f"anthropic token count: reply from {self._where} has no input_tokens integer"
             )
         return value
-
-
-def _scrub(text: str, key: str | None) -> str:
-    """Remove the key from text taken from elsewhere (an error body may echo it)."""
-    return text.replace(key, "**********") if key else text

@@ -198,6 +198,44 @@ def test_llm_errors_count_but_a_success_in_between_resets(
         assert set(states(client).values()) == {"closed"}
 
 
+# An LLM summary close to the cap of 80 tokens: the memory's compressed history.
+HISTORY = "\n".join(
+    [
+        *(
+            f"Customer C-{i} reported order ORD-{4000 + i} lost on 2024-03-{10 + i}; refund agreed."
+            for i in range(2)
+        ),
+        "Open task: the assistant must call the carrier DHL.",
+    ]
+)
+
+
+def test_an_llm_outage_keeps_the_previous_summary_whole(
+    settings: Settings, llm: FakeLLMServer
+) -> None:
+    config = llm_settings(settings, llm)
+    with client_with(config, HYBRID) as client:
+        talk = Conversation(client.memory("llm-hybrid", ctx("outage")))
+        counter = client.counter_for(talk.memory.resource)
+        assert 50 < counter.count_text(HISTORY) < 80
+        llm.reply = HISTORY
+        assert talk.flush() == "openai"
+        summary_key = talk.memory.keys.summary
+        assert client.redis.hget(summary_key, "text") == HISTORY.encode()
+
+        llm.mode = "error500"
+        texts = []
+        for _ in range(3):  # the LLM fails, then the breaker is open: the rule-based fallback
+            assert talk.flush() == FALLBACK_SOURCE
+            texts.append(client.redis.hget(summary_key, "text").decode())
+        for text in texts:
+            assert text.startswith(HISTORY + "\n"), "the outage lost the compressed history"
+            assert counter.count_text(text) <= 80
+        # What fitted of the new turns came after it, and stays once written.
+        assert "ORD-100" in texts[0][len(HISTORY) :]
+        assert texts[1].startswith(texts[0]) and texts[2].startswith(texts[1])
+
+
 # --- through a real worker process -------------------------------------------------------------
 
 

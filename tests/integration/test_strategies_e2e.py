@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from memory_engine.client import MemoryClient
+from memory_engine.engine.context import SUMMARY_NOTICE
 from memory_engine.settings import Settings
 from tests.llm_server import FakeLLMServer, running_llm_server
 
@@ -106,7 +107,12 @@ def test_hybrid_summary_through_worker_and_llm_loses_nothing(
     # context: system + summary + recent, within budget
     window = m.context()
     assert window[0].content == "You are a careful support agent."
-    assert window[1].metadata.get("summary") is True and window[1].content == summary.text
+    assert window[1].metadata.get("summary") is True
+    # Quoted (the notice, then the text between tags), cut to the budget's share when larger.
+    assert window[1].content.startswith(SUMMARY_NOTICE + "\n<conversation_summary>\n")
+    inner = window[1].content.split("\n<conversation_summary>\n", 1)[1]
+    inner = inner.removesuffix("\n</conversation_summary>")
+    assert inner and summary.text.startswith(inner)
     assert sum(w.token_count or 0 for w in window) <= 600
 
 
