@@ -39,7 +39,10 @@
 -- so do the messages of this append (a unit reaching into them stops the walk). The walk reads at
 -- most 2n + 64 elements, so an append costs O(n) even for a memory far over its ceiling (one
 -- stored before the ceiling existed): it converges over the next appends. An eviction moves the
--- list's positions, so it bumps the epoch (an in-flight flush then fails cleanly and replans).
+-- list's positions but does not bump the epoch: an in-flight flush must still commit (appends
+-- that outpace a slow summary would otherwise starve every flush). commit.lua matches its plan by
+-- seq, so it removes and counts only the planned messages still there; those the ceiling took
+-- are counted once, as evicted.
 --
 -- Cost (server time is on every append's critical path; bench/profile_append.py reports it from
 -- INFO commandstats): one HMGET and one HSET instead of an HINCRBY per counter, and no PEXPIRE of
@@ -159,7 +162,6 @@ if over(count, total) then
     end
     count = count - evicted
     total = total - removed_tokens
-    epoch = epoch + 1
     redis.call('HINCRBY', KEYS[2], 'evicted', evicted)
   end
 end
@@ -172,7 +174,7 @@ if created == 1 then
   fields[#fields + 1] = 'resource_id'
   fields[#fields + 1] = ARGV[2]
 end
-if created == 1 or evicted > 0 then
+if created == 1 then
   fields[#fields + 1] = 'epoch'
   fields[#fields + 1] = string.format('%d', epoch)
 end

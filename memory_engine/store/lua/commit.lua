@@ -28,9 +28,9 @@
 --          seq; -1 otherwise
 -- ARGV[16] run tokens: the token counts of that run's messages, summed from the snapshot
 --
--- Positions are the snapshot's, and they stay exact while the epoch is unchanged: appends only
--- add at the tail, and every other change of the list (replace, clear, a commit) bumps the epoch,
--- which is checked first. Two paths:
+-- Positions are the snapshot's. Appends add at the tail, and replace, clear and commits bump the
+-- epoch, which is checked first; only the append's ceiling (append.lua) removes head elements
+-- without bumping it, and then the run's ends no longer carry its seqs. Two paths:
 --
 -- * one run (a FIFO or summarizing flush: the oldest messages, after any leading system
 --   messages): the elements at the run's two ends are checked to carry its first and last seq.
