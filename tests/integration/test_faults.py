@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import redis
 
-from memory_engine.client import Memory
+from memory_engine.client import Memory, MemoryClient
 from memory_engine.embedded_redis import EmbeddedRedis, find_redis_server
-from memory_engine.errors import StoreUnavailable
+from memory_engine.errors import CorruptMessage, StoreUnavailable
 from memory_engine.settings import Settings
 
 from .accounting import Ledger, assert_all_accounted
@@ -328,3 +328,23 @@ def test_client_shared_by_threads_recovers_after_pause(aof_redis: EmbeddedRedis)
             pause.close()
         assert {x for o in outcomes for x in o} == {"ok", "unavailable"}
         assert_all_accounted(client, ledger)
+
+
+# --- a stored element that cannot be decoded ---------------------------------------------------
+
+
+def test_corrupt_stored_element_is_a_typed_error_naming_memory_and_seq(
+    client: MemoryClient, redis_client: redis.Redis
+) -> None:
+    """Data written before the nesting cap (or by hand) raised RecursionError on every read."""
+    memory = client.memory(
+        "chat-window", {"project": {"id": "p1"}, "workflow": {"input": {"session_id": "s1"}}}
+    )
+    memory.append({"role": "user", "content": "fine"})
+    deep = '{"s":2,"t":5,"r":"user","c":"x","m":' + "[" * 990 + "]" * 990 + "}"
+    redis_client.rpush(memory.keys.msgs, deep)
+    for read in (memory.read, memory.context, lambda: memory.read_page(0, 5)):
+        with pytest.raises(CorruptMessage) as caught:
+            read()
+        assert caught.value.memory_id == memory.key
+        assert caught.value.seq == 2
