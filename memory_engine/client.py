@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +19,14 @@ import redis
 from memory_engine import metrics
 from memory_engine.errors import KeyTemplateError, MessageValidationError
 from memory_engine.keys import KeySpace, MemoryKeys, project_of, render_key
-from memory_engine.messages import AppendResult, MemoryStats, Message, Page, coerce_message
+from memory_engine.messages import (
+    AppendResult,
+    MemoryStats,
+    Message,
+    Page,
+    check_int_argument,
+    coerce_message,
+)
 from memory_engine.privacy import Redactor
 from memory_engine.producer import TaskProducer
 from memory_engine.registry import ResourceRegistry
@@ -275,8 +282,8 @@ class Memory:
         return self.client.store.read(self.keys)
 
     def read_page(self, offset: int = 0, limit: int = 50) -> Page:
-        if offset < 0 or limit < 1:
-            raise MessageValidationError("offset must be >= 0 and limit >= 1")
+        check_int_argument("offset", offset, 0)
+        check_int_argument("limit", limit, 1)
         messages, total = self.client.store.read_page(self.keys, offset, limit)
         if self.resource.flushing.type in _LRU_STRATEGIES:
             # An explicit page read is a use: the LRU strategies keep what the app re-reads.
@@ -332,6 +339,8 @@ class Memory:
         never split from its results."""
         from memory_engine.context import build_context
 
+        if max_tokens is not None:
+            check_int_argument("max_tokens", max_tokens, 0)
         return build_context(self, max_tokens)
 
     # ---- flush ---------------------------------------------------------------------------
@@ -399,8 +408,10 @@ class Memory:
         """Validate, redact and count. Raises before anything is written."""
         if plan is None:
             plan = self.client._append_plan(self.resource)
-        if isinstance(messages, (str, bytes, dict)):
-            raise MessageValidationError("append_many takes a sequence of messages")
+        if isinstance(messages, (str, bytes, dict)) or not isinstance(messages, Iterable):
+            raise MessageValidationError(
+                f"append_many takes a sequence of messages, got {type(messages).__name__}"
+            )
         settings = self.client.settings
         items = messages if isinstance(messages, (list, tuple)) else list(messages)
         if not items and not allow_empty:

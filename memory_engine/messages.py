@@ -60,6 +60,7 @@ __all__ = [
     "MemoryStats",
     "Page",
     "Role",
+    "check_int_argument",
     "check_nesting_depth",
     "coerce_message",
 ]
@@ -225,6 +226,17 @@ def check_nesting_depth(value: object, field: str, limit: int = MAX_NESTING_DEPT
         stack.extend(
             (child, depth + 1) for child in children if isinstance(child, dict | list | tuple)
         )
+
+
+def check_int_argument(name: str, value: object, minimum: int) -> int:
+    """``value`` when it is an ``int`` (not a bool) of at least ``minimum``, else
+    :class:`MessageValidationError` naming the argument (instead of a raw ``TypeError`` from a
+    comparison deeper down)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MessageValidationError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise MessageValidationError(f"{name} must be >= {minimum}, got {value}")
+    return value
 
 
 def coerce_message(value: Message | dict[str, Any]) -> Message:

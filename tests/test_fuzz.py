@@ -552,3 +552,33 @@ def test_any_pattern_string_is_screened_or_refused_with_value_error(pattern: str
         assert check_redact_pattern(pattern) == pattern
     except ValueError:
         pass
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m: m.append_many(None),
+        lambda m: m.append_many(42),
+        lambda m: m.replace(None),
+        lambda m: m.read_page("0", "2"),
+        lambda m: m.read_page(0, 2.0),
+        lambda m: m.read_page(True, 2),
+        lambda m: m.read_page(-1, 2),
+        lambda m: m.context("5"),
+        lambda m: m.context(5.5),
+        lambda m: m.context(-1),
+    ],
+    ids=["append_many-None", "append_many-int", "replace-None", "read_page-str",
+         "read_page-float", "read_page-bool", "read_page-negative", "context-str",
+         "context-float", "context-negative"],
+)  # fmt: skip
+def test_wrongly_typed_arguments_are_validation_errors(
+    fuzz_client: MemoryClient, call: Any
+) -> None:
+    """These raised a raw TypeError from deep inside (list(None), "0" < 0, a budget compare)."""
+    memory = fuzz_client.memory("conv", ctx("arguments"))
+    memory.append({"role": "user", "content": "present"})
+    before = raw_state(memory)
+    with pytest.raises(MessageValidationError):
+        call(memory)
+    assert raw_state(memory) == before
