@@ -44,13 +44,15 @@ def build_celery_config(settings: Settings) -> dict[str, Any]:
         transport["unacked_restore_interval"] = settings.broker_unacked_restore_interval_s
         transport["unacked_restore_throttle"] = 1
     return {
-        "broker_url": settings.broker_dsn(),
-        "result_backend": settings.broker_dsn(),
+        # kombu's form: ?password= moved into the userinfo, unix:// as redis+socket://
+        "broker_url": settings.celery_broker_url(),
+        "result_backend": settings.celery_broker_url(),
         "result_expires": RESULT_EXPIRES_S,
         "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
         "redis_socket_timeout": max(30.0, settings.socket_timeout_s),
         "redis_socket_connect_timeout": settings.socket_connect_timeout_s,
-        "redis_socket_keepalive": True,
+        # A Unix socket has no keepalive option (redis-py refuses the argument).
+        "redis_socket_keepalive": not settings.celery_broker_url().startswith("redis+socket:"),
         "broker_transport_options": transport,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,

@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from memory_engine import metrics
 from memory_engine.errors import KeyTemplateError, MessageValidationError
 from memory_engine.keys import KeySpace, MemoryKeys, project_of, render_key
-from memory_engine.messages import AppendResult, MemoryStats, Message, Page, coerce_message
+from memory_engine.messages import (
+    AppendResult,
+    MemoryStats,
+    Message,
+    Page,
+    check_int_argument,
+    coerce_message,
+)
 from memory_engine.privacy import Redactor
 from memory_engine.producer import TaskProducer
 from memory_engine.registry import ResourceRegistry
@@ -302,8 +309,8 @@ class Memory:
         (the app re-reads what it keeps). ``record_use=False`` reads without recording: what
         operator tools (the CLI, health views) use, so that looking at a memory never changes
         what its next flush drops."""
-        if offset < 0 or limit < 1:
-            raise MessageValidationError("offset must be >= 0 and limit >= 1")
+        check_int_argument("offset", offset, 0)
+        check_int_argument("limit", limit, 1)
         messages, total = self.client.store.read_page(self.keys, offset, limit)
         if record_use and self.resource.records_uses:
             # An explicit page read is a use: LRU flushing and eviction keep what the app re-reads.
@@ -359,6 +366,8 @@ class Memory:
         never split from its results."""
         from memory_engine.engine.context import build_context
 
+        if max_tokens is not None:
+            check_int_argument("max_tokens", max_tokens, 0)
         return build_context(self, max_tokens)
 
     # ---- flush ---------------------------------------------------------------------------
@@ -430,8 +439,10 @@ class Memory:
         """Validate, redact and count. Raises before anything is written."""
         if plan is None:
             plan = self.client._append_plan(self.resource)
-        if isinstance(messages, (str, bytes, dict)):
-            raise MessageValidationError("append_many takes a sequence of messages")
+        if isinstance(messages, (str, bytes, dict)) or not isinstance(messages, Iterable):
+            raise MessageValidationError(
+                f"append_many takes a sequence of messages, got {type(messages).__name__}"
+            )
         settings = self.client.settings
         items = messages if isinstance(messages, (list, tuple)) else list(messages)
         if not items and not allow_empty:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "CorruptMessage",
     "FlushConflict",
     "FlushAlreadyRunning",
     "KeyTemplateError",
@@ -92,6 +93,20 @@ class RedactionError(MessageValidationError):
 
 class StoreError(MemoryEngineError):
     """Redis answered with an error the engine did not expect (script error, wrong type)."""
+
+
+class CorruptMessage(StoreError):
+    """A stored message cannot be decoded (not JSON, a field missing or of the wrong type, or
+    nested deeper than the engine accepts, as data written before that limit can be). Names the
+    memory and the message's ``seq`` (``None`` when even that is unreadable), never the content;
+    a flush can skip or quarantine that one element instead of failing forever."""
+
+    def __init__(self, memory_id: str | None, seq: int | None, reason: str):
+        self.memory_id = memory_id
+        self.seq = seq
+        self.reason = reason
+        where = f"memory {memory_id}" if memory_id is not None else "a memory"
+        super().__init__(f"stored message seq={seq} of {where} cannot be decoded: {reason}")
 
 
 class StoreUnavailable(StoreError, TransientError):

@@ -27,12 +27,14 @@ Only this module reads or writes that format; everything else goes through :clas
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterable
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from memory_engine.errors import MessageValidationError
+from memory_engine.errors import CorruptMessage, MessageValidationError
 
 # One encoder for every message: json.dumps with keyword options builds a new one per call.
 # allow_nan=False: NaN/Infinity are not JSON; other readers of the list would choke.
@@ -41,12 +43,25 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan
 _encode_string = json.encoder.encode_basestring
 _MS_PER_S = 1000
 
+MAX_NESTING_DEPTH: Final[int] = 32
+"""Deepest nesting of lists and dicts accepted in ``metadata`` and ``tool_calls``, the field
+itself being level 1 (``{"a": {"b": [1]}}`` is 3 deep). Well under Python's recursion limit, so
+that redaction, JSON encoding and decoding (all recursive) can never hit it."""
+
+# The seq of a stored element is always its first field (spliced by the append script): readable
+# even when the rest of the element is not.
+_WIRE_SEQ = re.compile(r'^\{"s":(\d+),')
+_WIRE_SEQ_BYTES = re.compile(rb'^\{"s":(\d+),')
+
 __all__ = [
+    "MAX_NESTING_DEPTH",
     "AppendResult",
     "Message",
     "MemoryStats",
     "Page",
     "Role",
+    "check_int_argument",
+    "check_nesting_depth",
     "coerce_message",
 ]
 
@@ -117,22 +132,53 @@ class Message(BaseModel):
         return f'{{"s":{self.seq},{body[1:]}'
 
     @classmethod
-    def from_wire(cls, raw: str | bytes) -> Message:
+    def from_wire(cls, raw: str | bytes, *, memory_id: str | None = None) -> Message:
         """Decode a stored message. Stored data was validated when it was written, so this
-        skips validation (decoding a 1,000-message snapshot dominated a flush otherwise)."""
-        data = json.loads(raw)
-        ts = data.get("ts")
-        return cls.model_construct(
-            role=Role(data["r"]),
-            content=data["c"],
-            name=data.get("n"),
-            tool_call_id=data.get("i"),
-            tool_calls=data.get("k"),
-            metadata=data.get("m") or {},
-            seq=data.get("s"),
-            token_count=data.get("t"),
-            created_at=ts / _MS_PER_S if ts is not None else None,
-        )
+        skips validation (decoding a 1,000-message snapshot dominated a flush otherwise) and
+        checks only what would break its readers: a JSON object with a known role and text
+        content, metadata and tool calls within :data:`MAX_NESTING_DEPTH`. Anything else raises
+        :class:`CorruptMessage` naming ``memory_id`` and the element's seq."""
+        try:
+            data = json.loads(raw)
+            content = data["c"]
+            if not isinstance(content, str):
+                raise TypeError("content is not text")
+            metadata = data.get("m") or {}
+            tool_calls = data.get("k")
+            if not isinstance(metadata, dict) or not isinstance(tool_calls, list | None):
+                raise TypeError("metadata or tool_calls of the wrong type")
+            if metadata:
+                check_nesting_depth(metadata, "metadata")
+            if tool_calls:
+                check_nesting_depth(tool_calls, "tool_calls")
+            ts = data.get("ts")
+            return cls.model_construct(
+                role=Role(data["r"]),
+                content=content,
+                name=data.get("n"),
+                tool_call_id=data.get("i"),
+                tool_calls=tool_calls,
+                metadata=metadata,
+                seq=data.get("s"),
+                token_count=data.get("t"),
+                created_at=ts / _MS_PER_S if ts is not None else None,
+            )
+        except (
+            ValueError,  # not JSON (JSONDecodeError, UnicodeDecodeError), unknown role
+            TypeError,
+            KeyError,
+            AttributeError,  # a JSON value that is not an object
+            RecursionError,  # nested deeper than the decoder can go
+            MessageValidationError,  # nested deeper than MAX_NESTING_DEPTH
+        ) as exc:
+            # The reason is the exception's type only: messages of some (KeyError, ValueError
+            # of the role) would quote stored data.
+            reason = (
+                "nested too deeply"
+                if isinstance(exc, MessageValidationError)
+                else (type(exc).__name__)
+            )
+            raise CorruptMessage(memory_id, _wire_seq(raw), reason) from None
 
     @property
     def is_system(self) -> bool:
@@ -150,14 +196,67 @@ class Message(BaseModel):
         return out
 
 
+def _wire_seq(raw: str | bytes) -> int | None:
+    found = _WIRE_SEQ_BYTES.match(raw) if isinstance(raw, bytes) else _WIRE_SEQ.match(raw)
+    return int(found.group(1)) if found else None
+
+
+def check_nesting_depth(value: object, field: str, limit: int = MAX_NESTING_DEPTH) -> None:
+    """Raise :class:`MessageValidationError` when lists/dicts in ``value`` nest deeper than
+    ``limit`` (``value`` itself is level 1). Iterative, so any depth (or a cycle) is refused
+    without recursion; a container shared by several parents is walked again only when reached
+    deeper than before, so the walk is bounded by containers x ``limit``."""
+    deepest: dict[int, int] = {}  # id(container) -> deepest level it was walked at
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Iterable[object] = node.values()
+        elif isinstance(node, list | tuple):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            raise MessageValidationError(
+                f"invalid message: {field} is nested more than {limit} levels deep"
+            )
+        if deepest.get(id(node), 0) >= depth:
+            continue
+        deepest[id(node)] = depth
+        stack.extend(
+            (child, depth + 1) for child in children if isinstance(child, dict | list | tuple)
+        )
+
+
+def check_int_argument(name: str, value: object, minimum: int) -> int:
+    """``value`` when it is an ``int`` (not a bool) of at least ``minimum``, else
+    :class:`MessageValidationError` naming the argument (instead of a raw ``TypeError`` from a
+    comparison deeper down)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MessageValidationError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise MessageValidationError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
 def coerce_message(value: Message | dict[str, Any]) -> Message:
-    """Accept a :class:`Message` or a plain dict, else raise :class:`MessageValidationError`."""
+    """Accept a :class:`Message` or a plain dict, else raise :class:`MessageValidationError`.
+
+    ``metadata`` and ``tool_calls`` are checked against :data:`MAX_NESTING_DEPTH` first, before
+    anything recursive (validation, redaction, JSON encoding) touches them."""
     if isinstance(value, Message):
+        if value.metadata:
+            check_nesting_depth(value.metadata, "metadata")
+        if value.tool_calls:
+            check_nesting_depth(value.tool_calls, "tool_calls")
         return value
     if not isinstance(value, dict):
         raise MessageValidationError(
             f"a message must be a Message or a dict, got {type(value).__name__}"
         )
+    for field in ("metadata", "tool_calls"):
+        if field in value:
+            check_nesting_depth(value[field], field)
     try:
         return Message.model_validate(value)
     except RecursionError as exc:

@@ -51,7 +51,7 @@ class TaskProducer:
 
                     app = Celery("memory-engine-client", set_as_current=False)
                     app.conf.update(
-                        broker_url=self._settings.broker_dsn(),
+                        broker_url=self._settings.celery_broker_url(),
                         task_serializer="json",
                         accept_content=["json"],
                         result_serializer="json",

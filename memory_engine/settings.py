@@ -9,8 +9,9 @@ from __future__ import annotations
 import importlib.resources
 from pathlib import Path
 from typing import Literal
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from memory_engine.errors import ConfigError
@@ -49,10 +50,23 @@ def default_resources_dir() -> Path:
     return shipped
 
 
+# Upper bounds: every duration must be finite (inf overflows socket.settimeout and time
+# arithmetic) and sane (a 10-hour socket timeout is a typo, not a choice).
+MAX_SOCKET_TIMEOUT_S = 300.0
+MAX_HTTP_TIMEOUT_S = 600.0
+MAX_INTERVAL_S = 7 * 24 * 3600.0
+
+REDIS_URL_SCHEMES = ("redis", "rediss", "unix")
+"""Schemes of ``MEMORY_REDIS_URL`` (those redis-py connects with); ``unix:///path`` is a socket."""
+
+
 class Settings(BaseSettings):
     """Every knob of the engine and its service processes. Env prefix ``MEMORY_``."""
 
-    model_config = SettingsConfigDict(env_prefix="MEMORY_", extra="ignore", frozen=True)
+    # hide_input_in_errors: a refused URL must not be echoed (it may carry a password).
+    model_config = SettingsConfigDict(
+        env_prefix="MEMORY_", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     # --- Redis (memory data) and broker
     redis_url: SecretStr | None = Field(
@@ -64,8 +78,12 @@ class Settings(BaseSettings):
         default=None, description="Celery broker; defaults to the Redis URL."
     )
     redis_max_connections: int = Field(default=64, ge=1)
-    socket_timeout_s: float = Field(default=DEFAULT_SOCKET_TIMEOUT_S, gt=0)
-    socket_connect_timeout_s: float = Field(default=DEFAULT_CONNECT_TIMEOUT_S, gt=0)
+    socket_timeout_s: float = Field(
+        default=DEFAULT_SOCKET_TIMEOUT_S, gt=0, le=MAX_SOCKET_TIMEOUT_S, allow_inf_nan=False
+    )
+    socket_connect_timeout_s: float = Field(
+        default=DEFAULT_CONNECT_TIMEOUT_S, gt=0, le=MAX_SOCKET_TIMEOUT_S, allow_inf_nan=False
+    )
 
     # --- keys and resources
     key_prefix: str = Field(default=DEFAULT_KEY_PREFIX, pattern=r"^[A-Za-z0-9_\-]{1,32}$")
@@ -91,18 +109,26 @@ class Settings(BaseSettings):
     summarizer_base_url: str | None = None
     summarizer_model: str | None = None
     summarizer_api_key: SecretStr | None = None
-    summarizer_timeout_s: float = Field(default=DEFAULT_SUMMARIZER_TIMEOUT_S, gt=0)
+    summarizer_timeout_s: float = Field(
+        default=DEFAULT_SUMMARIZER_TIMEOUT_S, gt=0, le=MAX_HTTP_TIMEOUT_S, allow_inf_nan=False
+    )
 
     # --- circuit breakers (summarizer, token-count APIs) and provider token counting
     breaker_fail_max: int = Field(
         default=5, ge=1, description="Consecutive failures that open a circuit breaker."
     )
     breaker_reset_timeout_s: float = Field(
-        default=30.0, gt=0, description="Seconds an open breaker waits before one trial call."
+        default=30.0,
+        gt=0,
+        le=MAX_INTERVAL_S,
+        allow_inf_nan=False,
+        description="Seconds an open breaker waits before one trial call.",
     )
     token_count_timeout_s: float = Field(
         default=2.0,
         gt=0,
+        le=MAX_HTTP_TIMEOUT_S,
+        allow_inf_nan=False,
         description="Bound on one provider count-tokens HTTP call (it runs inside append).",
     )
 
@@ -122,9 +148,11 @@ class Settings(BaseSettings):
         description="Seconds between a worker's sweeps that redeliver tasks of dead workers. "
         "None: kombu's default (a sweep about every 100 s).",
     )
-    cleanup_interval_s: float = Field(default=300.0, gt=0)
-    reconcile_interval_s: float = Field(default=900.0, gt=0)
-    marker_sweep_interval_s: float = Field(default=60.0, gt=0)
+    cleanup_interval_s: float = Field(default=300.0, gt=0, le=MAX_INTERVAL_S, allow_inf_nan=False)
+    reconcile_interval_s: float = Field(default=900.0, gt=0, le=MAX_INTERVAL_S, allow_inf_nan=False)
+    marker_sweep_interval_s: float = Field(
+        default=60.0, gt=0, le=MAX_INTERVAL_S, allow_inf_nan=False
+    )
     beat_lock_timeout_s: int = Field(
         default=DEFAULT_BEAT_LOCK_TIMEOUT_S,
         ge=2,
@@ -144,6 +172,24 @@ class Settings(BaseSettings):
     )
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_parses(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_redis_url(value.get_secret_value())
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url_parses(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            url = value.get_secret_value()
+            if urlsplit(url).scheme in REDIS_URL_SCHEMES:
+                check_redis_url(url)
+            else:
+                _check_url_shape(url)
+        return value
 
     @model_validator(mode="after")
     def _limits_are_ordered(self) -> Settings:
@@ -166,7 +212,15 @@ class Settings(BaseSettings):
         return self.redis_url.get_secret_value() if self.redis_url else DEFAULT_REDIS_URL
 
     def broker_dsn(self) -> str:
+        """The broker URL as redis-py reads it (for direct Redis clients of the broker)."""
         return self.broker_url.get_secret_value() if self.broker_url else self.redis_dsn()
+
+    def celery_broker_url(self) -> str:
+        """:meth:`broker_dsn` in the form kombu and Celery parse (broker and result backend):
+        credentials given as ``?password=``/``?username=`` move into the URL's userinfo (kombu
+        fails on both at once), and ``unix:///path?db=N`` becomes
+        ``redis+socket:///path?virtual_host=N`` (kombu's name for a Redis Unix socket)."""
+        return kombu_url(self.broker_dsn())
 
     @property
     def visibility_timeout_s(self) -> int:
@@ -175,6 +229,67 @@ class Settings(BaseSettings):
         if self.broker_visibility_timeout_s is not None:
             return self.broker_visibility_timeout_s
         return self.task_time_limit_s * 2 + 60
+
+
+def _check_url_shape(url: str) -> None:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        raise ValueError("is not a valid URL (its port is not a number from 0 to 65535)") from None
+    if not parts.scheme:
+        raise ValueError("is not a URL (no scheme://)")
+
+
+def check_redis_url(url: str) -> None:
+    """Raise ``ValueError`` saying what is wrong with a Redis URL, never quoting it (it may hold a
+    password): the scheme, the port, the database number, a Unix socket's path."""
+    _check_url_shape(url)
+    parts = urlsplit(url)
+    if parts.scheme not in REDIS_URL_SCHEMES:
+        raise ValueError(f"scheme must be redis://, rediss:// or unix:// (got {parts.scheme!r}://)")
+    query = dict(parse_qsl(parts.query))
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ValueError("unix:// needs a socket path, as in unix:///run/redis/redis.sock")
+        db = query.get("db", "0")
+    else:
+        if not parts.hostname:
+            raise ValueError("has no host, as in redis://127.0.0.1:6379/0")
+        db = parts.path.lstrip("/") or query.get("db", "0")
+    if not db.isdigit():
+        raise ValueError("database must be a number, as in redis://host:6379/0 or ?db=0")
+    from redis.connection import parse_url  # redis-py's own parser: the last word
+
+    try:
+        parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError:
+        raise ValueError("is not a URL redis-py can connect with") from None
+
+
+def kombu_url(url: str) -> str:
+    """A Redis URL as kombu/Celery parse it (see :meth:`Settings.celery_broker_url`); other URLs
+    are returned unchanged."""
+    parts = urlsplit(url)
+    if parts.scheme not in REDIS_URL_SCHEMES:
+        return url
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    credentials = {k: v for k, v in query if k in ("username", "password")}
+    rest = [(k, v) for k, v in query if k not in ("username", "password")]
+    netloc = parts.netloc
+    if credentials:
+        user = credentials.get("username", parts.username or "")
+        password = credentials.get("password", parts.password or "")
+        host = netloc.rpartition("@")[2]
+        netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
+    scheme = parts.scheme
+    if scheme == "unix":
+        scheme = "redis+socket"
+        rest = [("virtual_host", v) if k == "db" else (k, v) for k, v in rest]
+    # Not urlunsplit: it drops the "//" of an empty host (redis+socket:///path).
+    query_text = f"?{urlencode(rest)}" if rest else ""
+    fragment = f"#{parts.fragment}" if parts.fragment else ""
+    return f"{scheme}://{netloc}{parts.path}{query_text}{fragment}"
 
 
 def load_settings(**overrides: object) -> Settings:

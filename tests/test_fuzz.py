@@ -35,7 +35,7 @@ from memory_engine.keys import (
     render_key,
     validate_key,
 )
-from memory_engine.messages import Message, coerce_message
+from memory_engine.messages import MAX_NESTING_DEPTH, Message, coerce_message
 from memory_engine.registry import load_resource_file
 from memory_engine.resources import MAX_REPEAT_SPLITS, check_redact_pattern, parse_resource
 from memory_engine.settings import Settings
@@ -174,6 +174,53 @@ def test_message_payload_gives_validation_error_or_stores_it(
 ) -> None:
     memory = fuzz_client.memory("conv", ctx("payloads"))
     check_append(memory, [payload])
+
+
+ARGS_33 = MAX_NESTING_DEPTH - 3  # arguments nested this far make a 33-deep tool_calls
+
+
+def tool_call(arguments: Any) -> list[dict[str, Any]]:
+    return [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": arguments}}]
+
+
+@pytest.mark.parametrize("rid", ["conv", "redacting"])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        # 33 levels: the metadata dict is level 1, nested(32) adds 32.
+        {"role": "user", "content": "x", "metadata": nested(MAX_NESTING_DEPTH)},
+        {"role": "user", "content": "x", "metadata": nested(1000)},
+        {"role": "user", "content": "x", "metadata": nested(2000)},
+        {"role": "assistant", "content": "", "tool_calls": tool_call(nested(1000))},
+        # tool_calls list, call dict, function dict, arguments: 4 levels before nested(29)
+        {"role": "assistant", "content": "", "tool_calls": tool_call(nested(ARGS_33))},
+    ],
+    ids=["metadata-33-deep", "metadata-1000-deep", "metadata-2000-deep", "tool-args-1000-deep",
+         "tool-args-33-deep"],
+)  # fmt: skip
+def test_nesting_beyond_the_cap_is_refused_at_append(
+    fuzz_client: MemoryClient, rid: str, payload: dict[str, Any]
+) -> None:
+    """Below Python's recursion limit these were accepted, and then every read, context() and
+    flush raised RecursionError forever; 2,000 deep broke redaction at append."""
+    memory = fuzz_client.memory(rid, ctx(f"capped-{rid}"))
+    before = raw_state(memory)
+    with pytest.raises(MessageValidationError, match=f"nested more than {MAX_NESTING_DEPTH}"):
+        memory.append(payload)
+    assert raw_state(memory) == before
+
+
+@pytest.mark.parametrize("rid", ["conv", "redacting"])
+def test_nesting_at_the_cap_is_stored_and_reads_back(fuzz_client: MemoryClient, rid: str) -> None:
+    memory = fuzz_client.memory(rid, ctx(f"at-cap-{rid}"))
+    deep = nested(MAX_NESTING_DEPTH - 1)
+    memory.append({"role": "user", "content": "x", "metadata": deep})
+    memory.append(
+        {"role": "assistant", "content": "", "tool_calls": tool_call(nested(MAX_NESTING_DEPTH - 4))}
+    )
+    memory.append({"role": "tool", "content": "done", "tool_call_id": "c1"})
+    assert memory.read()[0].metadata == deep
+    assert len(memory.context()) == 3  # the call travels with its result
 
 
 @pytest.mark.parametrize(
@@ -506,3 +553,33 @@ def test_any_pattern_string_is_screened_or_refused_with_value_error(pattern: str
         assert check_redact_pattern(pattern) == pattern
     except ValueError:
         pass
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m: m.append_many(None),
+        lambda m: m.append_many(42),
+        lambda m: m.replace(None),
+        lambda m: m.read_page("0", "2"),
+        lambda m: m.read_page(0, 2.0),
+        lambda m: m.read_page(True, 2),
+        lambda m: m.read_page(-1, 2),
+        lambda m: m.context("5"),
+        lambda m: m.context(5.5),
+        lambda m: m.context(-1),
+    ],
+    ids=["append_many-None", "append_many-int", "replace-None", "read_page-str",
+         "read_page-float", "read_page-bool", "read_page-negative", "context-str",
+         "context-float", "context-negative"],
+)  # fmt: skip
+def test_wrongly_typed_arguments_are_validation_errors(
+    fuzz_client: MemoryClient, call: Any
+) -> None:
+    """These raised a raw TypeError from deep inside (list(None), "0" < 0, a budget compare)."""
+    memory = fuzz_client.memory("conv", ctx("arguments"))
+    memory.append({"role": "user", "content": "present"})
+    before = raw_state(memory)
+    with pytest.raises(MessageValidationError):
+        call(memory)
+    assert raw_state(memory) == before

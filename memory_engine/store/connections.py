@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+from urllib.parse import urlsplit
+
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -18,17 +21,24 @@ def redis_from_settings(settings: Settings) -> redis.Redis:
 
     Retries are off on purpose: a write whose reply timed out may have run, and retrying it
     (redis-py's default) could append a message twice. Callers see :class:`StoreUnavailable`
-    and decide. ``rediss://`` URLs enable TLS; credentials come from the URL.
+    and decide. ``rediss://`` URLs enable TLS, ``unix:///path`` connects to a Unix socket;
+    credentials come from the URL.
     """
+    url = settings.redis_dsn()
+    tcp_only: dict[str, Any] = {}
+    if urlsplit(url).scheme != "unix":
+        # TCP keepalive detects a dead peer on an idle pooled connection; a Unix socket has no
+        # such option (redis-py's UnixDomainSocketConnection refuses the argument).
+        tcp_only["socket_keepalive"] = True
     return redis.Redis.from_url(
-        settings.redis_dsn(),
+        url,
         socket_timeout=settings.socket_timeout_s,
         socket_connect_timeout=settings.socket_connect_timeout_s,
-        socket_keepalive=True,
         health_check_interval=HEALTH_CHECK_INTERVAL_S,
         max_connections=settings.redis_max_connections,
         retry=Retry(NoBackoff(), 0),
         client_name="memory-engine",
+        **tcp_only,
     )
 
 

@@ -573,7 +573,7 @@ class MemoryStore:
     def read(self, keys: MemoryKeys) -> list[Message]:
         with translate_errors("read"):
             raw = self.redis.lrange(keys.msgs, 0, -1)
-        return [Message.from_wire(r) for r in raw]
+        return [Message.from_wire(r, memory_id=keys.memory_id) for r in raw]
 
     def read_page(self, keys: MemoryKeys, offset: int, limit: int) -> tuple[list[Message], int]:
         def build(pipe: Any) -> None:
@@ -581,12 +581,12 @@ class MemoryStore:
             pipe.lrange(keys.msgs, offset, offset + limit - 1)
 
         total, raw = self._run_pipeline("read page", build, transaction=True)
-        return [Message.from_wire(r) for r in raw], int(total)
+        return [Message.from_wire(r, memory_id=keys.memory_id) for r in raw], int(total)
 
     def read_tail(self, keys: MemoryKeys, count: int) -> list[Message]:
         with translate_errors("read tail"):
             raw = self.redis.lrange(keys.msgs, -count, -1)
-        return [Message.from_wire(r) for r in raw]
+        return [Message.from_wire(r, memory_id=keys.memory_id) for r in raw]
 
     def context_window(self, keys: MemoryKeys, budget: int | None) -> ContextWindow:
         """What ``Memory.context()`` reads, in one round trip (``lua/context.lua``): the summary,
@@ -601,8 +601,8 @@ class MemoryStore:
         return ContextWindow(
             summary=_decode_hash(dict(zip(summary_raw[::2], summary_raw[1::2], strict=True))),
             tail_start=int(start),
-            tail=[Message.from_wire(r) for r in tail],
-            systems=[Message.from_wire(r) for r in systems],
+            tail=[Message.from_wire(r, memory_id=keys.memory_id) for r in tail],
+            systems=[Message.from_wire(r, memory_id=keys.memory_id) for r in systems],
         )
 
     def snapshot(

@@ -29,6 +29,7 @@ from memory_engine.errors import (
     MessageValidationError,
     StoreUnavailable,
 )
+from memory_engine.messages import check_nesting_depth
 from memory_engine.settings import Settings, load_settings
 from memory_engine.store import inspect, translate_errors
 
@@ -65,6 +66,11 @@ EXIT_USAGE = 2
 EXIT_REDIS_UNAVAILABLE = 3
 EXIT_INTERRUPTED = 130
 CONTENT_PREVIEW_CHARS = 90
+
+MAX_CONTEXT_BYTES = 1024 * 1024
+"""Largest ``--context`` accepted (inline or ``@file``); a file is read no further than this."""
+MAX_CONTEXT_DEPTH = 32
+"""Deepest nesting of objects/arrays accepted in ``--context`` (the object itself is level 1)."""
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -166,20 +172,39 @@ def cli_client(settings: Settings | None = None) -> Iterator[Any]:
 
 
 def parse_context(raw: str | None) -> dict[str, Any]:
+    """``--context`` as a JSON object: inline or ``@file``, at most :data:`MAX_CONTEXT_BYTES`
+    (a file is never read past that: ``@/dev/zero`` is refused, not read forever) and
+    :data:`MAX_CONTEXT_DEPTH` levels deep. Anything else is a :class:`UsageProblem` (exit 2)."""
     if raw is None:
         raise UsageProblem("--context is required with RESOURCE (or use --key MEMORY_ID)")
-    text = raw
     if raw.startswith("@"):
         try:
-            text = Path(raw[1:]).read_text(encoding="utf-8")
+            with Path(raw[1:]).open("rb") as handle:
+                data = handle.read(MAX_CONTEXT_BYTES + 1)
         except OSError as exc:
             raise UsageProblem(f"--context {raw}: {exc}") from exc
+    else:
+        data = raw.encode("utf-8", "surrogateescape")
+    if len(data) > MAX_CONTEXT_BYTES:
+        raise UsageProblem(f"--context is larger than {MAX_CONTEXT_BYTES} bytes")
     try:
-        value = json.loads(text)
+        value = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UsageProblem(f"--context is not UTF-8 text: {exc.reason}") from exc
     except json.JSONDecodeError as exc:
         raise UsageProblem(f"--context is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise UsageProblem(
+            f"--context is nested more than {MAX_CONTEXT_DEPTH} levels deep"
+        ) from exc
     if not isinstance(value, dict):
         raise UsageProblem(f"--context must be a JSON object, got {type(value).__name__}")
+    try:
+        check_nesting_depth(value, "--context", MAX_CONTEXT_DEPTH)
+    except MessageValidationError as exc:
+        raise UsageProblem(
+            f"--context is nested more than {MAX_CONTEXT_DEPTH} levels deep"
+        ) from exc
     return value
 
 

@@ -434,3 +434,53 @@ def test_up_leaves_nothing_running_when_the_cli_itself_is_killed(tmp_path: Path)
             timeout=60,
             what=f"the embedded Redis and the worker to stop after the CLI died ({pids})",
         )
+
+
+# ---- bad input: a clean error and exit 2, never a traceback ------------------------------------
+
+
+def test_deep_or_endless_context_files_exit_2(env: dict[str, str], tmp_path: Path) -> None:
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"a":' * 5000 + "1" + "}" * 5000)
+    just_too_deep = tmp_path / "33.json"
+    just_too_deep.write_text('{"a":' * 33 + "1" + "}" * 33)
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b'{"a": "\xff"}')
+    for source in (deep, just_too_deep, binary, Path("/dev/zero")):
+        result = cli("inspect", "chat-window", "--context", f"@{source}", env=env, timeout=30)
+        assert result.returncode == 2, (source, result.stderr)
+        assert "Traceback" not in result.stderr and "--context" in result.stderr
+
+
+def test_bad_settings_exit_2_naming_the_variable_without_the_password(
+    env: dict[str, str],
+) -> None:
+    for variable, value in (
+        ("MEMORY_REDIS_URL", "redis://:hunter2-pw@127.0.0.1:notaport/0"),
+        ("MEMORY_BROKER_URL", "redis://:hunter2-pw@127.0.0.1:6379/zero"),
+        ("MEMORY_SOCKET_TIMEOUT_S", "inf"),
+        ("MEMORY_SOCKET_CONNECT_TIMEOUT_S", "1e300"),
+    ):
+        result = cli("stats", env={**env, variable: value})
+        assert result.returncode == 2, (variable, result.stderr)
+        assert variable in result.stderr and "Traceback" not in result.stderr
+        assert "hunter2" not in result.stdout + result.stderr
+
+
+def test_health_with_the_password_in_the_query_string(tmp_path: Path, key_prefix: str) -> None:
+    """redis://host/0?password=... worked for data but crashed health and up inside kombu."""
+    from memory_engine.tooling.embedded_redis import EmbeddedRedis
+
+    server = EmbeddedRedis(data_dir=tmp_path, password="hunter2-pw")
+    server.start()
+    try:
+        url = f"redis://127.0.0.1:{server.port}/0?password=hunter2-pw"
+        env = clean_env(redis_url=url, key_prefix=key_prefix)
+        result = cli("health", "--json", "--timeout", "0.5", env=env)
+        data = as_json(result)
+        assert data["checks"]["redis"]["status"] == "ok"
+        assert data["checks"]["broker"]["status"] == "ok", data["checks"]["broker"]
+        assert data["checks"]["workers"]["status"] == "fail"  # none runs on this server
+        assert "hunter2" not in result.stdout + result.stderr
+    finally:
+        server.cleanup()

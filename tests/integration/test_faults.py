@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import redis
 
-from memory_engine.client import Memory
-from memory_engine.errors import StoreUnavailable
+from memory_engine.client import Memory, MemoryClient
+from memory_engine.errors import CorruptMessage, StoreUnavailable
 from memory_engine.settings import Settings
 from memory_engine.tooling.embedded_redis import EmbeddedRedis, find_redis_server
 
@@ -328,3 +328,72 @@ def test_client_shared_by_threads_recovers_after_pause(aof_redis: EmbeddedRedis)
             pause.close()
         assert {x for o in outcomes for x in o} == {"ok", "unavailable"}
         assert_all_accounted(client, ledger)
+
+
+# --- a stored element that cannot be decoded ---------------------------------------------------
+
+
+def test_corrupt_stored_element_is_a_typed_error_naming_memory_and_seq(
+    client: MemoryClient, redis_client: redis.Redis
+) -> None:
+    """Data written before the nesting cap (or by hand) raised RecursionError on every read."""
+    memory = client.memory(
+        "chat-window", {"project": {"id": "p1"}, "workflow": {"input": {"session_id": "s1"}}}
+    )
+    memory.append({"role": "user", "content": "fine"})
+    deep = '{"s":2,"t":5,"r":"user","c":"x","m":' + "[" * 990 + "]" * 990 + "}"
+    redis_client.rpush(memory.keys.msgs, deep)
+    for read in (memory.read, memory.context, lambda: memory.read_page(0, 5)):
+        with pytest.raises(CorruptMessage) as caught:
+            read()
+        assert caught.value.memory_id == memory.key
+        assert caught.value.seq == 2
+
+
+# --- Redis on a Unix socket ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def socket_redis(tmp_path: Path) -> Iterator[tuple[EmbeddedRedis, str]]:
+    """A private redis-server listening on a Unix socket (and TCP, which the tests never use)."""
+    path = tmp_path / "redis.sock"
+    server = EmbeddedRedis(
+        data_dir=tmp_path, extra_args=("--unixsocket", str(path), "--unixsocketperm", "700")
+    )
+    server.start()
+    wait_for(path.exists, what="the Unix socket")
+    yield server, f"unix://{path}?db=0"
+    server.cleanup()
+
+
+def test_unix_socket_url_serves_data_broker_and_results(
+    socket_redis: tuple[EmbeddedRedis, str],
+) -> None:
+    """Every operation failed with TypeError (socket_keepalive) on a unix:// URL."""
+    from config.celery import build_celery_config
+    from memory_engine.task_contract import QUEUE_FLUSH
+
+    server, url = socket_redis
+    settings = Settings(redis_url=url, key_prefix="sock", socket_timeout_s=FAULT_TIMEOUT_S)  # type: ignore[arg-type]
+    with client_with(settings, resource("conv")) as mc:
+        memory = mc.memory("conv", ctx("over-the-socket"))
+        memory.append({"role": "user", "content": "hello over a socket"})
+        assert [m.content for m in memory.read()] == ["hello over a socket"]
+        assert memory.stats().message_count == 1
+        assert len(memory.context()) == 1
+        # The broker defaults to the same URL: the flush task goes through kombu's socket form.
+        assert memory.request_flush()
+    tcp = redis.Redis(port=server.port)
+    try:
+        assert tcp.llen(QUEUE_FLUSH) == 1  # the same server, reached over TCP to check
+    finally:
+        tcp.close()
+    # Celery's Redis result backend, configured as the workers configure it.
+    from celery import Celery
+
+    app = Celery("socket-check", set_as_current=False)
+    app.conf.update(build_celery_config(settings))
+    try:
+        assert app.backend.client.ping()
+    finally:
+        app.close()
