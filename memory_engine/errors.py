@@ -17,6 +17,7 @@ __all__ = [
     "MemoryEngineError",
     "MessageValidationError",
     "RedactionError",
+    "ResourceMismatch",
     "ResourceNotFound",
     "StoreUnavailable",
     "StoreError",
@@ -61,6 +62,12 @@ class ResourceNotFound(ConfigError):
         self.known = sorted(known)
         listed = ", ".join(self.known) if self.known else "(none loaded)"
         super().__init__(f"memory resource {resource_id!r} not found; known ids: {listed}")
+
+
+class ResourceMismatch(MemoryEngineError):
+    """A task (or a command) named a memory with a resource other than the one the memory was
+    created with (its metadata's ``resource_id``). Refused before anything changed: a memory is
+    only ever flushed, summarized or evicted under its own resource's policy."""
 
 
 class KeyTemplateError(MemoryEngineError):
