@@ -16,6 +16,7 @@ __all__ = [
     "LockLost",
     "MemoryEngineError",
     "MessageValidationError",
+    "MigrationError",
     "RedactionError",
     "ResourceMismatch",
     "ResourceNotFound",
@@ -52,6 +53,12 @@ class ConfigError(MemoryEngineError):
         if field:
             prefix += f"{field}: "
         super().__init__(prefix + message)
+
+
+class MigrationError(ConfigError):
+    """``resources migrate`` met something in a Compozy resource file it cannot translate (a Go
+    template function or pipeline, ``in_memory`` persistence, a literal API key), or the
+    translation does not validate. The message names the field and says why."""
 
 
 class ResourceNotFound(ConfigError):
