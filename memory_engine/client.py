@@ -15,8 +15,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from memory_engine import metrics
-from memory_engine.errors import KeyTemplateError, MessageValidationError
-from memory_engine.keys import KeySpace, MemoryKeys, project_of, render_key
+from memory_engine.errors import (
+    KeyTemplateError,
+    MessageValidationError,
+    ResourceMismatch,
+    ResourceNotFound,
+)
+from memory_engine.keys import KeySpace, MemoryKeys, project_of, render_key, validate_memory_id
 from memory_engine.messages import (
     AppendResult,
     MemoryStats,
@@ -117,11 +122,29 @@ class MemoryClient:
         )
         return Memory(self, resource, memory_id)
 
-    def memory_by_id(self, memory_id: str, resource_id: str) -> Memory:
-        """A handle from an already resolved memory id (what tasks carry)."""
-        if ":" not in memory_id:
-            raise KeyTemplateError(f"memory id {memory_id!r} has no project namespace")
-        return Memory(self, self.registry.get(resource_id), memory_id)
+    def memory_by_id(
+        self, memory_id: str, resource_id: str, *, verify_resource: bool = False
+    ) -> Memory:
+        """A handle from an already resolved memory id (what tasks carry).
+
+        The id is checked with the rules rendered keys follow (:class:`KeyTemplateError`, the id
+        shown escaped). With ``verify_resource`` (one round trip) ``resource_id`` must also be
+        the resource the memory was created with, else :class:`ResourceMismatch`; a memory that
+        does not exist (no metadata) passes, as there is nothing to act on.
+        """
+        memory_id = validate_memory_id(memory_id)
+        if not isinstance(resource_id, str):  # a crafted task payload
+            raise ResourceNotFound(f"<{type(resource_id).__name__}>", self.registry.ids())
+        memory = Memory(self, self.registry.get(resource_id), memory_id)
+        if verify_resource:
+            meta, _ttl, _pending, _summary = self.store.metadata(memory.keys)
+            stored = meta.get("resource_id")
+            if stored and stored != resource_id:
+                raise ResourceMismatch(
+                    f"memory {memory_id} belongs to resource {stored!a}, not "
+                    f"{resource_id!a}; refused, nothing changed"
+                )
+        return memory
 
     # ---- shared helpers ----------------------------------------------------------------
 

@@ -18,7 +18,9 @@ __all__ = [
     "MemoryEngineError",
     "MemoryFull",
     "MessageValidationError",
+    "MigrationError",
     "RedactionError",
+    "ResourceMismatch",
     "ResourceNotFound",
     "StoreUnavailable",
     "StoreError",
@@ -55,6 +57,12 @@ class ConfigError(MemoryEngineError):
         super().__init__(prefix + message)
 
 
+class MigrationError(ConfigError):
+    """``resources migrate`` met something in a Compozy resource file it cannot translate (a Go
+    template function or pipeline, ``in_memory`` persistence, a literal API key), or the
+    translation does not validate. The message names the field and says why."""
+
+
 class ResourceNotFound(ConfigError):
     """``registry.get(id)`` was asked for an id that no loaded resource declares."""
 
@@ -63,6 +71,12 @@ class ResourceNotFound(ConfigError):
         self.known = sorted(known)
         listed = ", ".join(self.known) if self.known else "(none loaded)"
         super().__init__(f"memory resource {resource_id!r} not found; known ids: {listed}")
+
+
+class ResourceMismatch(MemoryEngineError):
+    """A task (or a command) named a memory with a resource other than the one the memory was
+    created with (its metadata's ``resource_id``). Refused before anything changed: a memory is
+    only ever flushed, summarized or evicted under its own resource's policy."""
 
 
 class KeyTemplateError(MemoryEngineError):

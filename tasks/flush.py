@@ -9,8 +9,10 @@ from celery import shared_task
 
 from memory_engine.core.plans import FlushPlan
 from memory_engine.engine.flush import FlushResult, FlushStatus, evict_memory, flush_memory
+from memory_engine.errors import KeyTemplateError
+from memory_engine.keys import validate_memory_id
 from memory_engine.task_contract import TASK_EVICT, TASK_FLUSH, TASK_SUMMARIZE
-from tasks.runtime import EngineTask, engine_client
+from tasks.runtime import EngineTask, engine_client, task_memory
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,11 @@ class FlushTask(EngineTask):
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         memory_id = (kwargs or {}).get("memory_id")
         if memory_id:
+            try:
+                # Never build keys (or a log line) from an id that is not one.
+                memory_id = validate_memory_id(memory_id)
+            except KeyTemplateError:
+                return
             try:
                 client = engine_client()
                 client.store.clear_flush_marker(client.keyspace.memory(memory_id))
@@ -66,7 +73,7 @@ def flush(
     """Flush one memory by its strategy. A plan that needs a summary is handed to
     ``memory.summarize`` (its own queue: slow LLM calls never block flushes)."""
     client = engine_client()
-    memory = client.memory_by_id(memory_id, resource_id)
+    memory = task_memory(self, memory_id, resource_id)
 
     def hand_off(plan: FlushPlan) -> None:
         client.producer.send(
@@ -85,8 +92,7 @@ def summarize(
 ) -> dict[str, Any]:
     """Run a summarizing flush: plan again on a fresh snapshot, call the summarizer (outside any
     Redis transaction), commit with the epoch and lock checks."""
-    client = engine_client()
-    memory = client.memory_by_id(memory_id, resource_id)
+    memory = task_memory(self, memory_id, resource_id)
     # Progress: the result backend holds the custom state (AsyncResult, the CLI); Flower builds
     # its views from task events, so the same state goes out as a ``task-summarizing`` event.
     progress = {"memory_id": memory_id, "resource_id": resource_id}
@@ -100,6 +106,5 @@ def summarize(
 @shared_task(name=TASK_EVICT, base=EngineTask, bind=True)
 def evict(self: Any, memory_id: str, resource_id: str, policy: str | None = None) -> dict[str, Any]:
     """Enforce the hard limits of one memory by its eviction policy."""
-    client = engine_client()
-    result = evict_memory(client.memory_by_id(memory_id, resource_id), policy=policy)
+    result = evict_memory(task_memory(self, memory_id, resource_id), policy=policy)
     return result.model_dump(mode="json", exclude={"would_remove"})

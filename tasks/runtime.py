@@ -8,12 +8,13 @@ import threading
 from typing import Any
 
 from celery import Task
+from celery.exceptions import Reject
 
-from memory_engine.client import MemoryClient
-from memory_engine.errors import TransientError
+from memory_engine.client import Memory, MemoryClient
+from memory_engine.errors import KeyTemplateError, ResourceMismatch, TransientError
 from memory_engine.settings import load_settings
 
-__all__ = ["EngineTask", "engine_client", "reset_engine_client", "warm_up"]
+__all__ = ["EngineTask", "engine_client", "reset_engine_client", "task_memory", "warm_up"]
 
 RETRY_BACKOFF_MAX_S = 120
 MAX_RETRIES = 6
@@ -39,6 +40,23 @@ def reset_engine_client(client: MemoryClient | None = None) -> None:
     with _lock:
         _state["client"] = client
         _state["pid"] = os.getpid() if client is not None else None
+
+
+def task_memory(task: Any, memory_id: object, resource_id: object) -> Memory:
+    """The memory a task payload names, under its own resource only.
+
+    A payload is only as trusted as the broker: an invalid memory id (the rules of rendered keys)
+    or a resource that is not the memory's own is refused: logged with the id escaped, the
+    message rejected without requeue (no retry; the result backend records a failure) and
+    nothing changed, the flush marker included.
+    """
+    client = engine_client()
+    try:
+        return client.memory_by_id(memory_id, resource_id, verify_resource=True)  # type: ignore[arg-type]
+    except (KeyTemplateError, ResourceMismatch) as exc:
+        # The messages show ids through ascii(): no raw newline reaches a log line.
+        log.warning("refused %s task %s: %s", task.name, task.request.id, exc)
+        raise Reject(str(exc), requeue=False) from None
 
 
 def warm_up(**_: Any) -> None:

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from memory_engine.errors import ConfigError, MemoryEngineError
+from memory_engine.errors import ConfigError, KeyTemplateError, MemoryEngineError
 from memory_engine.store import translate_errors
 
 if TYPE_CHECKING:
@@ -226,6 +226,9 @@ def sweep_markers(
             continue
         try:
             memory = client.memory_by_id(mid, resource_id)
+        except KeyTemplateError:  # an id older rules let in: skip it, the sweep goes on
+            log.warning("pending flush of %a has an invalid memory id; skipped", mid)
+            continue
         except ConfigError:
             log.warning("pending flush of %s names unknown resource %s", mid, resource_id)
             continue

@@ -162,6 +162,78 @@ def resources_validate(
         raise typer.Exit(EXIT_USAGE)
 
 
+@resources_app.command("migrate")
+@handled
+def resources_migrate(
+    files: Annotated[
+        list[Path], typer.Argument(help="Resource YAML files written for Compozy's Go engine.")
+    ],
+    write: Annotated[
+        bool, typer.Option("--write", help="Rewrite the files instead of printing a diff.")
+    ] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Translate Compozy resource files to this schema: print a unified diff (or --write).
+
+    Go-template keys become Jinja2 ({{.a.b}} -> {{ a.b }}), key -> default_key_template,
+    flushing_strategy.threshold -> flushing.summarize_threshold, eviction_policy.type ->
+    eviction.policy, and fields Compozy never read are removed (each with a note on stderr).
+    Exit 2 if any file cannot be translated (the reason names the field); nothing is written
+    for that file.
+    """
+    import difflib
+    import sys
+
+    from memory_engine.migrate import migrate_resource_text
+
+    reports: list[dict[str, Any]] = []
+    for path in files:
+        report: dict[str, Any] = {"path": str(path), "changed": False, "notes": []}
+        reports.append(report)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            report["error"] = f"{path}: cannot read: {exc}"
+            continue
+        try:
+            migration = migrate_resource_text(text)
+        except ConfigError as exc:
+            report["error"] = f"{path}: {exc}"
+            continue
+        diff = "".join(
+            difflib.unified_diff(
+                text.splitlines(keepends=True),
+                migration.text.splitlines(keepends=True),
+                fromfile=str(path),
+                tofile=f"{path} (migrated)",
+            )
+        )
+        report.update(changed=migration.changed, notes=list(migration.notes), diff=diff)
+        if write and migration.changed:
+            path.write_text(migration.text, encoding="utf-8")
+            report["written"] = True
+    failed = [r for r in reports if "error" in r]
+    if json_output:
+        emit_json({"ok": not failed, "write": write, "files": reports})
+    else:
+        out, err = stdout_console(), stderr_console()
+        for report in reports:
+            if "error" in report:
+                err.print(Text.assemble(("cannot migrate", "red"), f": {report['error']}"))
+                continue
+            for note in report["notes"]:
+                err.print(f"{report['path']}: {note}")
+            if write:
+                state = "rewritten" if report.get("written") else "already in this schema"
+                out.print(f"{report['path']}: {state}")
+            elif report["diff"]:
+                sys.stdout.write(report["diff"])  # as it is: a patch can be applied
+            else:
+                err.print(f"{report['path']}: already in this schema")
+    if failed:
+        raise typer.Exit(EXIT_USAGE)
+
+
 # ---- one memory --------------------------------------------------------------------------------
 
 

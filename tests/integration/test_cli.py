@@ -130,6 +130,55 @@ def test_invalid_field_names_the_field_path(env: dict[str, str], tmp_path: Path)
     assert [r["id"] for r in data["resources"]] == ["b"]
 
 
+COMPOZY_FILE = """\
+resource: memory
+id: user_memory
+version: 0.1.0
+
+key: "user:{{.workflow.input.user_id}}"  # Go template
+
+type: token_based
+max_tokens: 2000
+
+flushing_strategy:
+  type: simple_fifo
+  threshold: 0.9
+"""
+
+
+def test_resources_migrate_prints_a_diff_then_writes_a_file_that_validates(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    path = tmp_path / "user_memory.yaml"
+    path.write_text(COMPOZY_FILE)
+    refused = cli("resources", "validate", str(path), env=env)
+    assert refused.returncode == 2 and "use default_key_template" in refused.stderr
+    diff = cli("resources", "migrate", str(path), env=env)
+    assert diff.returncode == 0, diff.stderr
+    assert '-key: "user:{{.workflow.input.user_id}}"' in diff.stdout
+    assert '+default_key_template: "user:{{ workflow.input.user_id }}"' in diff.stdout
+    assert "+flushing:" in diff.stdout and "+  summarize_threshold: 0.9" in diff.stdout
+    assert path.read_text() == COMPOZY_FILE  # a diff only
+    written = cli("resources", "migrate", str(path), "--write", env=env)
+    assert written.returncode == 0, written.stderr
+    assert cli("resources", "validate", str(path), env=env).returncode == 0
+    assert "# Go template" in path.read_text()
+
+
+def test_resources_migrate_refuses_what_it_cannot_translate_with_exit_2(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    path = tmp_path / "piped.yaml"
+    original = COMPOZY_FILE.replace("{{.workflow.input.user_id}}", '{{ .id | default \\"x\\" }}')
+    path.write_text(original)
+    result = cli("resources", "migrate", str(path), "--write", env=env)
+    assert result.returncode == 2
+    assert str(path) in result.stderr and "key:" in result.stderr and "pipeline" in result.stderr
+    assert path.read_text() == original
+    data = as_json(cli("resources", "migrate", str(path), "--json", env=env))
+    assert data["ok"] is False and "pipeline" in data["files"][0]["error"]
+
+
 def test_duplicate_ids_across_files_are_invalid(env: dict[str, str], tmp_path: Path) -> None:
     for name in ("one.yaml", "two.yaml"):
         (tmp_path / name).write_text("resource: memory\nid: same\ntype: buffer\nmax_messages: 5\n")

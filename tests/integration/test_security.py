@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import redis
+from celery import Celery
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -27,7 +28,7 @@ from memory_engine.client import Memory, MemoryClient
 from memory_engine.errors import KeyTemplateError, StoreError, StoreUnavailable
 from memory_engine.keys import PROJECT_ID_PATTERN, KeySpace, project_of, render_key
 from memory_engine.settings import Settings
-from memory_engine.task_contract import QUEUE_FLUSH, QUEUES
+from memory_engine.task_contract import QUEUE_FLUSH, QUEUES, TASK_EVICT, TASK_FLUSH, TASK_SUMMARIZE
 from memory_engine.tooling.embedded_redis import EmbeddedRedis
 from tests.llm_server import FakeLLMServer, running_llm_server
 
@@ -383,3 +384,75 @@ def test_no_template_or_context_reaches_another_project(data: Any, projects: lis
             b.flush,
             b.lock,
         }
+
+
+# --- crafted task payloads (#11.16) ---------------------------------------------------------------
+
+
+def refused_records(caplog: pytest.LogCaptureFixture, task_id: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "tasks.runtime" and task_id in r.getMessage()]
+
+
+@pytest.mark.usefixtures("celery_worker")
+@pytest.mark.parametrize("task", [TASK_FLUSH, TASK_SUMMARIZE, TASK_EVICT])
+def test_a_task_naming_a_foreign_resource_is_refused_and_changes_nothing(
+    engine: MemoryClient, celery_app: Celery, caplog: pytest.LogCaptureFixture, task: str
+) -> None:
+    """Another project's memory (tok-small: 300 tokens, below its threshold) named with a
+    foreign resource (fifo-small: 10 messages) would be flushed down to 5 messages under it."""
+    victim = engine.memory("tok-small", ctx(uuid.uuid4().hex[:10], project="victim"))
+    for i in range(9):
+        victim.append({"role": "user", "content": f"victim {i}"})
+    before = victim.stats()
+    assert before.message_count == 9 and not before.flush_pending
+    caplog.set_level(logging.WARNING, logger="tasks.runtime")
+    crafted = celery_app.send_task(
+        task, kwargs={"memory_id": victim.key, "resource_id": "fifo-small"}
+    )
+    wait_for(
+        lambda: crafted.state == "FAILURE" or victim.stats().message_count != 9,
+        what="the crafted task to be refused",
+    )
+    assert crafted.state == "FAILURE"  # rejected without requeue: recorded, never retried
+    assert "belongs to resource 'tok-small'" in str(crafted.result)
+    after = victim.stats()
+    assert [m.content for m in victim.read()] == [f"victim {i}" for i in range(9)]
+    assert (after.epoch, after.flushed_count, after.evicted_count) == (
+        before.epoch,
+        before.flushed_count,
+        before.evicted_count,
+    )
+    assert refused_records(caplog, crafted.id)
+
+
+FORGED_IDS = [
+    ":x",
+    "victim",
+    "victim:k}\nERROR forged line {x",
+    "victim\n:k",
+    "victim:k\r\n",
+    "victim: k",
+]
+
+
+@pytest.mark.usefixtures("celery_worker")
+@pytest.mark.parametrize("memory_id", FORGED_IDS)
+def test_a_task_with_an_invalid_memory_id_is_refused_without_forging_a_log_line(
+    engine: MemoryClient, celery_app: Celery, caplog: pytest.LogCaptureFixture, memory_id: str
+) -> None:
+    caplog.set_level(logging.WARNING, logger="tasks.runtime")
+    crafted = celery_app.send_task(
+        TASK_FLUSH, kwargs={"memory_id": memory_id, "resource_id": "fifo-small"}
+    )
+    wait_for(lambda: crafted.state == "FAILURE", what="the crafted task to be refused")
+    assert "memory id" in str(crafted.result)
+    records = refused_records(caplog, crafted.id)
+    assert records, "the refusal is logged"
+    for record in records:
+        text = record.getMessage()
+        assert "\n" not in text and "\r" not in text
+    # Nothing was written under a key built from the forged id.
+    written = [k.decode() for k in engine.redis.scan_iter(match=f"{engine.keyspace.prefix}:*")]
+    assert not [
+        k for k in written if "forged" in k or k.startswith(f"{engine.keyspace.prefix}:{{:x")
+    ]
