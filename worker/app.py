@@ -13,7 +13,7 @@ from beat_schedule import build_beat_schedule
 from config.celery import build_celery_config
 from config.logging import configure_logging
 from memory_engine.settings import Settings, load_settings
-from worker import flower_auth, metrics
+from worker import flower_auth, metrics, poison
 
 __all__ = ["EngineCelery", "app", "create_app"]
 
@@ -31,6 +31,7 @@ class EngineCelery(Celery):  # type: ignore[misc]  # celery is untyped
 
 def create_app(settings: Settings | None = None) -> EngineCelery:
     settings = settings or load_settings()
+    poison.install()  # a malformed queue item never stops a worker (worker/poison.py)
     celery_app = EngineCelery("memory_engine", include=["tasks"])
     celery_app.conf.update(build_celery_config(settings))
     celery_app.conf.beat_schedule = build_beat_schedule(settings)
