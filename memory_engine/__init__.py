@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from memory_engine.client import Memory, MemoryClient
 from memory_engine.errors import (
+    BrokerUnavailable,
     ConfigError,
     FlushAlreadyRunning,
     FlushConflict,
@@ -54,6 +55,7 @@ __all__ = [
     "load_settings",
     "parse_resource",
     # errors
+    "BrokerUnavailable",
     "ConfigError",
     "FlushAlreadyRunning",
     "FlushConflict",
