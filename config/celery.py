@@ -12,26 +12,68 @@ Decisions (see ``shared/notes/celery.md`` for the verified behaviour behind them
   stores only its failures (``tasks/flush.py``): appends never wait for it, and Flower reads its
   outcome from task events.
 - Task events on (worker and sent events) so Flower sees every task.
+- No credential in a value that ``celery inspect conf`` or Flower's worker Config tab shows.
+  Celery masks by key name (``celery.app.utils.filter_hidden_settings``): a key matching
+  ``API|TOKEN|KEY|SECRET|PASS|...`` is masked whole, ``broker_url`` through kombu's
+  ``as_uri(mask=...)`` and keys containing ``backend`` through ``sanitize_url``, which keeps the
+  query string. Every other key is shown as is, ``redbeat_redis_url`` included. So every URL
+  but ``broker_url`` goes in without its password (:func:`split_password`), and the password
+  through a key whose name Celery masks: ``redis_password`` for the result backend,
+  ``redbeat_redis_options["password"]`` for RedBeat (it passes its options to redis-py, where
+  an explicit password stands when the URL has none).
 """
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from kombu.entity import Queue
 
 from memory_engine.settings import Settings
 from memory_engine.task_contract import QUEUE_FLUSH, QUEUES, TASK_ROUTES
 
-__all__ = ["RESULT_EXPIRES_S", "build_celery_config"]
+__all__ = ["RESULT_EXPIRES_S", "build_celery_config", "split_password"]
 
 RESULT_EXPIRES_S = 3600
 BROKER_HEALTH_CHECK_INTERVAL_S = 25
 WORKER_SOFT_SHUTDOWN_S = 10.0
 
 
+def split_password(url: str) -> tuple[str, str | None]:
+    """``url`` without its password, and the password (``None`` when it has none).
+
+    The password is the one redis-py would use: the userinfo one, else a ``password`` query
+    parameter; both are removed. The user name stays in the URL (an ACL user is no secret).
+    """
+    parts = urlsplit(url)
+    userinfo, at, hostinfo = parts.netloc.rpartition("@")
+    username, colon, raw_password = userinfo.partition(":")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    from_query = [value for name, value in query if name == "password"]
+    password = unquote(raw_password) if colon and raw_password else None
+    if password is None and from_query and from_query[-1]:
+        password = from_query[-1]
+    if not at and not from_query:
+        return url, None
+    netloc = f"{username}@{hostinfo}" if at and username else hostinfo
+    kept = (
+        urlencode([(name, value) for name, value in query if name != "password"])
+        if from_query
+        else parts.query
+    )
+    # Joined by hand: urlunsplit drops the "//" of schemes it does not know (unix://).
+    stripped = f"{parts.scheme}://{netloc}{parts.path}"
+    stripped += f"?{kept}" if kept else ""
+    stripped += f"#{parts.fragment}" if parts.fragment else ""
+    return stripped, password
+
+
 def build_celery_config(settings: Settings) -> dict[str, Any]:
     """The Celery ``conf`` mapping for workers, Beat and Flower."""
+    backend_url, backend_password = split_password(settings.celery_broker_url())
+    redbeat_url, redbeat_password = split_password(settings.broker_dsn())
+    redbeat_options = {"password": redbeat_password} if redbeat_password else {}
     transport = {
         "visibility_timeout": settings.visibility_timeout_s,
         "socket_timeout": max(30.0, settings.socket_timeout_s),
@@ -44,9 +86,12 @@ def build_celery_config(settings: Settings) -> dict[str, Any]:
         transport["unacked_restore_interval"] = settings.broker_unacked_restore_interval_s
         transport["unacked_restore_throttle"] = 1
     return {
-        # kombu's form: ?password= moved into the userinfo, unix:// as redis+socket://
+        # kombu's form (?password= moved into the userinfo, unix:// as redis+socket://), whole:
+        # Celery masks broker_url by name. The backend and RedBeat URLs are not masked (query) or
+        # not known to Celery: their password goes by a masked key.
         "broker_url": settings.celery_broker_url(),
-        "result_backend": settings.celery_broker_url(),
+        "result_backend": backend_url,
+        "redis_password": backend_password,
         "result_expires": RESULT_EXPIRES_S,
         "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
         "redis_socket_timeout": max(30.0, settings.socket_timeout_s),
@@ -82,7 +127,9 @@ def build_celery_config(settings: Settings) -> dict[str, Any]:
         # Beat: celery-redbeat keeps the schedule in Redis behind a lock, so a second Beat is a
         # hot standby instead of a second sender.
         "beat_scheduler": "redbeat.RedBeatScheduler",
-        "redbeat_redis_url": settings.broker_dsn(),
+        "redbeat_redis_url": redbeat_url,
+        # Set even when empty: RedBeat otherwise falls back to broker_transport_options.
+        "redbeat_redis_options": redbeat_options,
         "redbeat_key_prefix": f"{settings.key_prefix}:beat:",
         "redbeat_lock_timeout": settings.beat_lock_timeout_s,
         "beat_max_loop_interval": settings.beat_max_loop_interval_s,

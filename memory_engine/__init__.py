@@ -15,6 +15,7 @@ from __future__ import annotations
 from memory_engine.client import Memory, MemoryClient
 from memory_engine.engine.flush import FlushResult, FlushStatus
 from memory_engine.errors import (
+    BrokerUnavailable,
     ConfigError,
     FlushAlreadyRunning,
     FlushConflict,
@@ -55,6 +56,7 @@ __all__ = [
     "load_settings",
     "parse_resource",
     # errors
+    "BrokerUnavailable",
     "ConfigError",
     "FlushAlreadyRunning",
     "FlushConflict",

@@ -1,8 +1,10 @@
 """Circuit breakers around external calls, with their state shared across processes in Redis.
 
 One breaker guards each external dependency: the LLM summarizer endpoint
-(``summarizer.<provider>@<host>``) and each provider token-count endpoint
-(``tokens.<provider>@<host>``). Breakers are :mod:`pybreaker` breakers; what this module adds:
+(``summarizer.<provider>@<host>``), each provider token-count endpoint
+(``tokens.<provider>@<host>``) and the Celery broker tasks are published to
+(``broker.redis@<host>``, see :mod:`memory_engine.producer`). Breakers are :mod:`pybreaker`
+breakers; what this module adds:
 
 - **Shared state.** :class:`~memory_engine.store.breakers.RedisBreakerStorage` keeps a
   breaker's state in one Redis HASH,
@@ -136,7 +138,14 @@ class _StateListener(pybreaker.CircuitBreakerListener):
 
     def __init__(self) -> None:
         self._last: str | None = None
+        self._last_failure = ""
         self._lock = threading.Lock()
+
+    def failure(self, cb: pybreaker.CircuitBreaker, exc: BaseException) -> None:
+        # Remembered for the "open" line: the cause is logged once, with the transition, so a
+        # caller whose failure opened the breaker need not log it (and no traceback at all).
+        with self._lock:
+            self._last_failure = f"{type(exc).__name__}: {exc}"[:300]
 
     def report_initial(self, name: str, state: str) -> None:
         with self._lock:
@@ -152,13 +161,16 @@ class _StateListener(pybreaker.CircuitBreakerListener):
         name, state = cb.name or "unnamed", new_state.name
         with self._lock:
             previous, self._last = self._last, state
+            cause = self._last_failure
         if previous == state:
             return
         if state == BreakerState.OPEN:
             logger.warning(
-                "circuit breaker %s is open (was %s): calls fail fast for %gs, then one trial call",
+                "circuit breaker %s is open (was %s; last failure: %s): calls fail fast for %gs, "
+                "then one trial call",
                 name,
                 previous,
+                cause or "-",
                 cb.reset_timeout,
             )
         elif state == BreakerState.HALF_OPEN:
@@ -264,8 +276,10 @@ def build_breaker(
     *,
     failures: tuple[type[BaseException], ...],
     redis: RedisClient | None = None,
+    fail_max: int | None = None,
 ) -> SharedCircuitBreaker:
-    """A breaker with ``settings.breaker_fail_max`` and ``settings.breaker_reset_timeout_s``.
+    """A breaker with ``settings.breaker_fail_max`` (or ``fail_max``) and
+    ``settings.breaker_reset_timeout_s``.
 
     With ``redis`` its state lives under ``KeySpace(settings.key_prefix).breaker_prefix`` and is
     shared with every process using the same prefix; without, it is this process's own.
@@ -277,7 +291,7 @@ def build_breaker(
         storage = pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
     return SharedCircuitBreaker(
         name,
-        fail_max=settings.breaker_fail_max,
+        fail_max=settings.breaker_fail_max if fail_max is None else fail_max,
         reset_timeout_s=settings.breaker_reset_timeout_s,
         storage=storage,
         failures=failures,

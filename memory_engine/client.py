@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 from memory_engine import metrics
 from memory_engine.errors import (
+    BrokerUnavailable,
     KeyTemplateError,
     MessageValidationError,
     ResourceMismatch,
     ResourceNotFound,
+    StoreUnavailable,
 )
 from memory_engine.keys import KeySpace, MemoryKeys, project_of, render_key, validate_memory_id
 from memory_engine.messages import (
@@ -88,7 +90,7 @@ class MemoryClient:
         self.keyspace = KeySpace(self.settings.key_prefix)
         self.store = MemoryStore(self.redis, self.keyspace)
         self._owns_producer = producer is None
-        self.producer = producer or TaskProducer(self.settings)
+        self.producer = producer or TaskProducer(self.settings, self.redis)
         self._redactors: dict[str, Redactor] = {}
         self._append_plans: dict[str, _AppendPlan] = {}
         self._summarizer: Summarizer | None = summarizer
@@ -423,10 +425,13 @@ class Memory:
         return self._publish_flush(reason="requested", marker_indexed=True)
 
     def _publish_flush(self, *, reason: str, marker_indexed: bool = False) -> bool:
-        """Publish one ``memory.flush``; on failure release the marker so a later append retries.
+        """Publish one ``memory.flush``; True if it was published.
 
         The append itself has succeeded by now and must not be reported as failed (the caller
-        would append again), so a broker failure is logged, not raised.
+        would append again), so a failure is logged, not raised. When the broker fails (or its
+        breaker is open, which costs no wait) the marker stays, flagged unpublished: further
+        appends do not try again, and the marker sweep publishes the flush once the broker is
+        back. The breaker logs its transitions once, with the cause; this logs no traceback.
         """
         store = self.client.store
         try:
@@ -436,11 +441,30 @@ class Memory:
                 TASK_FLUSH,
                 {"memory_id": self.key, "resource_id": self.resource.id, "reason": reason},
             )
-        except Exception:
-            log.exception(
-                "could not enqueue %s for memory %s; marker released, the sweep will retry",
+        except BrokerUnavailable as exc:
+            log.debug(
+                "%s for memory %s not published (%s); the marker sweep publishes it",
                 TASK_FLUSH,
                 self.key,
+                "broker breaker open" if exc.breaker_open else exc,
+            )
+            try:
+                store.mark_flush_unpublished(self.keys)
+            except StoreUnavailable as mark_exc:
+                log.warning(
+                    "could not flag the flush marker of %s as unpublished (%s); the sweep "
+                    "retries when the marker expires",
+                    self.key,
+                    mark_exc,
+                )
+            return False
+        except Exception as exc:
+            log.warning(
+                "could not enqueue %s for memory %s (%s: %s); marker released, the sweep retries",
+                TASK_FLUSH,
+                self.key,
+                type(exc).__name__,
+                exc,
             )
             try:
                 store.release_flush_marker(self.keys)
@@ -449,6 +473,13 @@ class Memory:
             return False
         log.debug("enqueued %s for memory %s (%s)", TASK_FLUSH, self.key, reason)
         return True
+
+    def publish_unpublished_flush(self) -> bool:
+        """Publish the flush whose publish failed earlier (marker flagged unpublished); the
+        marker sweep calls this. False when there was none, or it failed again."""
+        if not self.client.store.claim_unpublished_flush(self.keys):
+            return False
+        return self._publish_flush(reason="sweep", marker_indexed=True)
 
     # ---- preparation -----------------------------------------------------------------------
 

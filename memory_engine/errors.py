@@ -8,6 +8,7 @@ subclasses.
 from __future__ import annotations
 
 __all__ = [
+    "BrokerUnavailable",
     "ConfigError",
     "CorruptMessage",
     "FlushConflict",
@@ -129,6 +130,17 @@ class StoreUnavailable(StoreError, TransientError):
     For an append this means the outcome is unknown only if the timeout hit after the command was
     sent; the append script is atomic, so the memory is never half-written.
     """
+
+
+class BrokerUnavailable(StoreUnavailable):
+    """A task could not be published: the Celery broker did not answer within the publish
+    timeout, or (``breaker_open``) its circuit breaker is open after a recent failure and the
+    broker was not tried at all. An append that crossed its threshold still succeeded; the
+    flush is published later by the marker sweep."""
+
+    def __init__(self, message: str, *, breaker_open: bool = False) -> None:
+        self.breaker_open = breaker_open
+        super().__init__(message)
 
 
 # --- flush, locks ---------------------------------------------------------------------------

@@ -2,24 +2,45 @@
 
 A minimal Celery app (no tasks, JSON only) is built on first use: a memory that never crosses its
 threshold never touches the broker.
+
+Publishing goes through a circuit breaker, ``broker.redis@<host>[:<port>]``
+(:mod:`memory_engine.breakers`; state shared in the memory Redis when the producer is given
+one, exported as ``memory_engine_breaker_state``). A hung broker costs one publish timeout
+(:attr:`TaskProducer.publish_timeout_s`), then the breaker opens after that single failure
+(:data:`PUBLISH_BREAKER_FAIL_MAX`: a publish already retries inside) and every publish in every
+process sharing it fails at once with :class:`~memory_engine.errors.BrokerUnavailable`
+(``breaker_open=True``) without touching the network, until the reset timeout lets one trial
+through.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from memory_engine.errors import StoreUnavailable
+from memory_engine.breakers import SharedCircuitBreaker, breaker_name, build_breaker
+from memory_engine.errors import BrokerUnavailable
 from memory_engine.settings import Settings
 from memory_engine.task_contract import TASK_ROUTES
 
-__all__ = ["SHOWN_TASK_ARGUMENTS", "TaskProducer", "task_kwargsrepr"]
+if TYPE_CHECKING:
+    from memory_engine.store.connections import RedisClient
+
+__all__ = [
+    "PUBLISH_BREAKER_FAIL_MAX",
+    "SHOWN_TASK_ARGUMENTS",
+    "TaskProducer",
+    "task_kwargsrepr",
+]
 
 log = logging.getLogger(__name__)
 
 PUBLISH_MAX_RETRIES = 2
 PUBLISH_RETRY_INTERVAL_S = 0.2
+PUBLISH_BREAKER_FAIL_MAX = 1
+"""Failed publishes that open the broker breaker: one, since each publish already retries
+``PUBLISH_MAX_RETRIES`` times and a second failure would cost every appender another timeout."""
 
 SHOWN_TASK_ARGUMENTS = frozenset(
     {"memory_id", "resource_id", "strategy", "reason", "policy", "dry_run"}
@@ -35,12 +56,42 @@ def task_kwargsrepr(kwargs: dict[str, Any]) -> str:
 
 
 class TaskProducer:
-    """Thread-safe publisher of engine tasks."""
+    """Thread-safe publisher of engine tasks.
 
-    def __init__(self, settings: Settings) -> None:
+    ``redis`` (the memory Redis) holds the broker breaker's state, shared with every process
+    using the same key prefix; without it the breaker is this producer's own.
+    """
+
+    def __init__(self, settings: Settings, redis: RedisClient | None = None) -> None:
         self._settings = settings
+        self._redis = redis
         self._app: Any = None
+        self._breaker: SharedCircuitBreaker | None = None
         self._lock = threading.Lock()
+
+    @property
+    def breaker(self) -> SharedCircuitBreaker:
+        """The broker's circuit breaker (built on first use: it registers in Redis)."""
+        if self._breaker is None:
+            with self._lock:
+                if self._breaker is None:
+                    self._breaker = build_breaker(
+                        breaker_name("broker", "redis", self._settings.broker_dsn()),
+                        self._settings,
+                        failures=(BrokerUnavailable,),
+                        redis=self._redis,
+                        fail_max=PUBLISH_BREAKER_FAIL_MAX,
+                    )
+        return self._breaker
+
+    @property
+    def publish_timeout_s(self) -> float:
+        """The longest a publish to an unresponsive broker takes before it fails: every attempt
+        may wait for the connect and the socket timeout."""
+        attempt_s = self._settings.socket_connect_timeout_s + self._settings.socket_timeout_s
+        return (
+            PUBLISH_MAX_RETRIES + 1
+        ) * attempt_s + PUBLISH_MAX_RETRIES * PUBLISH_RETRY_INTERVAL_S
 
     @property
     def app(self) -> Any:
@@ -69,7 +120,21 @@ class TaskProducer:
         return self._app
 
     def send(self, name: str, kwargs: dict[str, Any], *, task_id: str | None = None) -> str:
-        """Publish ``name`` with ``kwargs`` (ids only, never content) to its routed queue."""
+        """Publish ``name`` with ``kwargs`` (ids only, never content) to its routed queue.
+
+        Raises :class:`~memory_engine.errors.BrokerUnavailable`: the publish failed (within
+        :attr:`publish_timeout_s`), or the broker breaker is open (``breaker_open``: at once,
+        nothing was sent).
+        """
+        return self.breaker.call_or_raise(
+            self._publish,
+            name,
+            kwargs,
+            task_id,
+            error_type=lambda message: BrokerUnavailable(message, breaker_open=True),
+        )
+
+    def _publish(self, name: str, kwargs: dict[str, Any], task_id: str | None) -> str:
         try:
             result = self.app.send_task(
                 name,
@@ -86,7 +151,7 @@ class TaskProducer:
                 },
             )
         except Exception as exc:  # kombu raises OperationalError and friends
-            raise StoreUnavailable(f"could not publish {name}: {exc}") from exc
+            raise BrokerUnavailable(f"could not publish {name}: {exc}") from exc
         return str(result.id)
 
     def close(self) -> None:

@@ -13,17 +13,29 @@ from beat_schedule import build_beat_schedule
 from config.celery import build_celery_config
 from config.logging import configure_logging
 from memory_engine.settings import Settings, load_settings
-from worker import flower_auth, metrics
+from worker import flower_auth, metrics, poison
 
-__all__ = ["app", "create_app"]
+__all__ = ["EngineCelery", "app", "create_app"]
 
 
-def create_app(settings: Settings | None = None) -> Celery:
+class EngineCelery(Celery):  # type: ignore[misc]  # celery is untyped
+    """The Celery app with the engine's settings on it.
+
+    The settings are an attribute, not a ``conf`` key: ``celery inspect conf`` and Flower show
+    every ``conf`` key whose name Celery does not recognise as secret (the repr of a settings
+    object included, with whatever URL a field holds).
+    """
+
+    memory_settings: Settings
+
+
+def create_app(settings: Settings | None = None) -> EngineCelery:
     settings = settings or load_settings()
-    celery_app = Celery("memory_engine", include=["tasks"])
+    poison.install()  # a malformed queue item never stops a worker (worker/poison.py)
+    celery_app = EngineCelery("memory_engine", include=["tasks"])
     celery_app.conf.update(build_celery_config(settings))
     celery_app.conf.beat_schedule = build_beat_schedule(settings)
-    celery_app.conf.memory_settings = settings
+    celery_app.memory_settings = settings
     metrics.install(celery_app)  # /metrics on settings.metrics_port, from worker start-up
     # Replaces Celery's own logging setup in the processes it starts (worker, Beat).
     setup_logging.connect(
@@ -37,4 +49,4 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 
 app = create_app()
-flower_auth.apply(app.conf.memory_settings, sys.argv)
+flower_auth.apply(app.memory_settings, sys.argv)

@@ -139,7 +139,7 @@ class _Exporter:
         self._lock = threading.Lock()
 
     def _settings(self) -> Settings | None:
-        settings = getattr(self.app.conf, "memory_settings", None)
+        settings = getattr(self.app, "memory_settings", None)
         return settings if isinstance(settings, Settings) else None
 
     # ---- worker lifecycle (main process) ---------------------------------------------------

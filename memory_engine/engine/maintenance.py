@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from memory_engine.errors import ConfigError, KeyTemplateError, MemoryEngineError
-from memory_engine.store import translate_errors
+from memory_engine.store import FLUSH_MARKER_UNPUBLISHED, translate_errors
 
 if TYPE_CHECKING:
     from memory_engine.engine.handle import EngineClient
@@ -170,6 +170,7 @@ class SweepReport:
     checked: int = 0
     released: int = 0
     reflushed: int = 0
+    republished: int = 0
     evictions: list[tuple[str, str]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -177,6 +178,7 @@ class SweepReport:
             "checked": self.checked,
             "released": self.released,
             "reflushed": self.reflushed,
+            "republished": self.republished,
             "evictions": len(self.evictions),
         }
 
@@ -192,6 +194,9 @@ def sweep_markers(
 
     - marker gone (the flush finished, or its worker died and the marker expired): drop the index
       entry, and if the memory is still at its threshold request a new flush (a lost task heals);
+    - marker flagged unpublished (the broker failed, or its breaker was open, when the flush was
+      requested; such entries are due at once): publish the flush now, through the broker
+      breaker (while it is open the entry waits for the next sweep);
     - marker still set and the memory above a hard limit: the flush cannot keep up (summarizer
       down, no worker on its queue), so the memory is listed for ``memory.evict``.
     """
@@ -213,7 +218,7 @@ def sweep_markers(
         pipe = r.pipeline(transaction=False)
         for mid in ids:
             k = ks.memory(mid)
-            pipe.exists(k.flush)
+            pipe.get(k.flush)
             pipe.hget(k.meta, "resource_id")
         replies = pipe.execute()
     for i, mid in enumerate(ids):
@@ -239,11 +244,18 @@ def sweep_markers(
                 report.released += 1
                 if _at_threshold(memory) and memory.request_flush():
                     report.reflushed += 1
+            elif _text(marker) == FLUSH_MARKER_UNPUBLISHED:
+                if memory.publish_unpublished_flush():
+                    report.republished += 1
             elif over_hard_limit(memory):
                 report.evictions.append((mid, resource_id))
         except MemoryEngineError as exc:
             log.warning("sweep of %s failed: %s", mid, exc)
     return report
+
+
+def _text(value: Any) -> str | None:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 def _at_threshold(memory: Any) -> bool:

@@ -9,6 +9,7 @@
 """
 
 from memory_engine.store.memory import (
+    FLUSH_MARKER_UNPUBLISHED,
     AppendOutcome,
     CommitResult,
     ContextWindow,
@@ -19,6 +20,7 @@ from memory_engine.store.memory import (
 )
 
 __all__ = [
+    "FLUSH_MARKER_UNPUBLISHED",
     "AppendOutcome",
     "CommitResult",
     "ContextWindow",

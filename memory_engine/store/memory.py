@@ -65,6 +65,10 @@ _SCRIPT_NAMES = (
     "record_use",
 )
 
+FLUSH_MARKER_UNPUBLISHED = "unpublished"
+"""Flush-marker value that says the marker's ``memory.flush`` task could not be published (the
+broker was down): the marker sweep publishes it (:meth:`MemoryStore.claim_unpublished_flush`)."""
+
 INDEX_REFRESH_MAX_S = 60.0
 """Longest time an append leaves a memory's index scores unrefreshed (``ttl / 10`` if shorter)."""
 INDEX_MEMO_MAX_ENTRIES = 100_000
@@ -540,6 +544,31 @@ class MemoryStore:
         """Drop the marker but keep the pending-index entry, so the sweep retries the flush."""
         with translate_errors("release flush marker"):
             self.redis.delete(keys.flush)
+
+    def mark_flush_unpublished(self, keys: MemoryKeys) -> None:
+        """Keep the flush marker (so appends do not publish again) but flag its task as never
+        published, and make its pending-index entry due (score 0) for the next marker sweep."""
+
+        def build(pipe: Any) -> None:
+            pipe.set(keys.flush, FLUSH_MARKER_UNPUBLISHED, xx=True, keepttl=True)
+            pipe.zadd(self.keyspace.pending_index, {keys.memory_id: 0})
+
+        self._run_pipeline("mark flush unpublished", build)
+
+    def claim_unpublished_flush(self, keys: MemoryKeys, now: float | None = None) -> bool:
+        """True if the marker was flagged unpublished and this call claimed it (one atomic
+        ``SET ... XX KEEPTTL GET``: of concurrent sweeps, one claims it); the caller publishes."""
+        now = time.time() if now is None else now
+        with translate_errors("claim unpublished flush"):
+            old = self.redis.set(keys.flush, repr(now), xx=True, keepttl=True, get=True)
+        old_text = old.decode() if isinstance(old, bytes) else old
+        if old_text != FLUSH_MARKER_UNPUBLISHED:
+            # No marker (nothing written), or a live one whose informational timestamp we
+            # replaced by another: nothing to publish.
+            return False
+        with translate_errors("claim unpublished flush"):
+            self.redis.zadd(self.keyspace.pending_index, {keys.memory_id: now}, xx=True)
+        return True
 
     def clear_flush_marker(self, keys: MemoryKeys) -> None:
         def build(pipe: Any) -> None:

@@ -7,12 +7,19 @@ what it saw as JSON. Nothing but Redis connects it to the test process.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pybreaker
@@ -21,19 +28,26 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from memory_engine import metrics
 from memory_engine.breakers import (
     BreakerState,
+    breaker_name,
     breaker_states,
     build_breaker,
     subscribe_breaker_state,
     unsubscribe_breaker_state,
 )
+from memory_engine.client import MemoryClient
+from memory_engine.engine.maintenance import sweep_markers
 from memory_engine.errors import SummarizerError
 from memory_engine.keys import KeySpace
 from memory_engine.settings import Settings
+from memory_engine.store import FLUSH_MARKER_UNPUBLISHED
+from memory_engine.task_contract import QUEUE_FLUSH
 from memory_engine.tooling.embedded_redis import EmbeddedRedis
 
 from .conftest import wait_for
+from .helpers import ctx
 from .procs import ROOT
 
 FAIL_MAX = 3
@@ -210,3 +224,175 @@ def _answers(breaker: Any) -> bool:
         return bool(breaker.call(lambda: True))
     except pybreaker.CircuitBreakerError:
         return False
+
+
+# ---- the broker breaker: a hung broker, then the same broker answering ------------------------
+
+
+class BrokerGate:
+    """A TCP front on loopback for a real redis-server. While ``hung`` it accepts connections and
+    reads what clients send (counting it) but never answers, like a broker stuck in a long
+    command or behind a dead NAT; :meth:`recover` closes those connections and forwards every
+    new one to the server."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.hung = True
+        self.received_bytes = 0
+        self.accepted = 0
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            with self._lock:
+                self.accepted += 1
+                self._sockets.append(conn)
+                hung = self.hung
+            if hung:
+                threading.Thread(target=self._swallow, args=(conn,), daemon=True).start()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            with self._lock:
+                self._sockets.append(upstream)
+            for src, dst in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+
+    def _swallow(self, conn: socket.socket) -> None:
+        while True:
+            try:
+                data = conn.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            with self._lock:
+                self.received_bytes += len(data)
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def seen(self) -> tuple[int, int]:
+        """(connections accepted, bytes received while hung)."""
+        with self._lock:
+            return self.accepted, self.received_bytes
+
+    def recover(self) -> None:
+        with self._lock:
+            self.hung = False
+            stale, self._sockets = self._sockets, []
+        for conn in stale:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+
+    def close(self) -> None:
+        self.server.close()
+        self.recover()
+
+
+@pytest.fixture
+def broker_gate() -> Iterator[tuple[BrokerGate, redis.Redis]]:
+    with EmbeddedRedis() as server:
+        gate = BrokerGate(server.port)
+        broker = redis.Redis.from_url(server.url)
+        yield gate, broker
+        broker.close()
+        gate.close()
+
+
+def test_a_hung_broker_costs_one_publish_timeout_then_appends_skip_it_and_the_sweep_heals(
+    redis_url: str,
+    prefix: str,
+    worker_resources_dir: Path,
+    broker_gate: tuple[BrokerGate, redis.Redis],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gate, broker = broker_gate
+    settings = Settings(
+        redis_url=redis_url,  # type: ignore[arg-type]
+        broker_url=gate.url,  # type: ignore[arg-type]
+        key_prefix=prefix,
+        resources_dir=worker_resources_dir,
+        socket_timeout_s=0.5,
+        socket_connect_timeout_s=0.5,
+        breaker_reset_timeout_s=2.0,
+    )
+    caplog.set_level(logging.WARNING)
+    with MemoryClient(settings) as client:
+        producer = client.producer
+        memories = [client.memory("fifo-small", ctx(uuid.uuid4().hex[:10])) for _ in range(4)]
+        for memory in memories:  # 7 of 10: the next append crosses the 0.8 threshold
+            memory.append_many([{"role": "user", "content": f"m{i}"} for i in range(7)])
+
+        first, *others = memories
+        started = time.monotonic()
+        result = first.append({"role": "user", "content": "crossing"})
+        elapsed_s = time.monotonic() - started
+        assert result.stored and not result.flush_requested
+        assert elapsed_s < producer.publish_timeout_s + 1.0
+        assert gate.seen()[1] > 0, "the publish reached the hung broker"
+        name = breaker_name("broker", "redis", gate.url)
+        assert breaker_states(client.redis, KeySpace(prefix)).get(name) == "open"
+        assert (
+            metrics.registry().get_sample_value("memory_engine_breaker_state", {"breaker": name})
+            == 2
+        )
+
+        tried = gate.seen()
+        for memory in others:  # crossings while open: nothing is sent, nothing waits
+            started = time.monotonic()
+            crossing = memory.append({"role": "user", "content": "crossing"})
+            assert not crossing.flush_requested
+            assert time.monotonic() - started < settings.socket_timeout_s
+        for memory in memories:  # and appends past the threshold: the marker is still set
+            assert not memory.append({"role": "user", "content": "more"}).flush_requested
+        assert gate.seen() == tried, "a publish was attempted while the breaker was open"
+        for memory in memories:
+            assert memory.stats().flush_pending
+            assert client.redis.get(memory.keys.flush) == FLUSH_MARKER_UNPUBLISHED.encode()
+
+        problems = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert [r.name for r in problems] == ["memory_engine.breakers"], problems
+        assert "is open" in problems[0].getMessage()
+        assert not any(r.exc_info for r in caplog.records)
+
+        gate.recover()
+        published = 0
+
+        def sweep_publishes_all() -> bool:
+            nonlocal published
+            published += sweep_markers(client, stale_after_s=60.0).republished
+            return published == len(memories)
+
+        wait_for(sweep_publishes_all, what="the sweep to publish every unpublished flush")
+        assert broker.llen(QUEUE_FLUSH) == len(memories)
+        queued = {
+            json.loads(base64.b64decode(json.loads(m)["body"]))[1]["memory_id"]
+            for m in broker.lrange(QUEUE_FLUSH, 0, -1)
+        }
+        assert queued == {m.key for m in memories}
+        assert breaker_states(client.redis, KeySpace(prefix)).get(name) == "closed"
+        assert sweep_markers(client, stale_after_s=60.0).republished == 0  # published once
+        for memory in memories:
+            assert client.redis.get(memory.keys.flush) != FLUSH_MARKER_UNPUBLISHED.encode()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from typing import Any
 
@@ -241,21 +240,27 @@ def test_reconcile_fixes_drifted_metadata(
     assert (s.message_count, s.token_count) == (3, true_tokens)
 
 
-def test_sweep_requests_a_new_flush_when_a_task_was_lost(
+def test_sweep_publishes_a_flush_the_broker_refused_and_heals_a_lost_one(
     engine: MemoryClient, redis_client: redis.Redis
 ) -> None:
     from memory_engine.engine.maintenance import sweep_markers
 
-    m = engine.memory("fifo-small", conv())
-    # Eight appends through a client whose broker is unreachable: the marker is released and
-    # the pending entry stays behind, as if a task had been lost.
+    refused, lost = (engine.memory("fifo-small", conv()) for _ in range(2))
+    # Eight appends through a client whose broker is unreachable: the publish fails, the marker
+    # stays (flagged unpublished: later appends do not try again) and its entry is due at once.
     down = engine.settings.replace(broker_url="redis://127.0.0.1:1/0", socket_connect_timeout_s=0.2)
     with MemoryClient(down, registry=engine.registry) as broken:
-        bm = broken.memory_by_id(m.key, "fifo-small")
-        flags = [bm.append({"role": "user", "content": f"m{i}"}).flush_requested for i in range(8)]
-    assert not any(flags)
-    assert redis_client.zscore(engine.keyspace.pending_index, m.key) is not None
-    assert not m.stats().flush_pending
-    report = sweep_markers(engine, stale_after_s=0, now=time.time() + 1)
-    assert report.reflushed >= 1
-    wait_for(lambda: m.stats().message_count == 5, what="the healed flush")
+        for m in (refused, lost):
+            bm = broken.memory_by_id(m.key, "fifo-small")
+            flags = [
+                bm.append({"role": "user", "content": f"m{i}"}).flush_requested for i in range(8)
+            ]
+            assert not any(flags)
+            assert m.stats().flush_pending
+    # A task lost after it was published: its marker expired, the pending entry stayed behind.
+    redis_client.delete(lost.keys.flush)
+    redis_client.zadd(engine.keyspace.pending_index, {lost.key: 0})
+    report = sweep_markers(engine, stale_after_s=60)
+    assert (report.republished, report.reflushed) == (1, 1)
+    for m in (refused, lost):
+        wait_for(lambda m=m: m.stats().message_count == 5, what=f"the healed flush of {m.key}")
