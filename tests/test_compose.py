@@ -344,3 +344,12 @@ def test_grafana_mounts_valid_provisioning_and_the_dashboard() -> None:
         assert variable["current"]["value"] == source["uid"], "the default data source exists"
     home = service_env("grafana").get("GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH")
     assert home is None or home in dashboards
+
+
+def test_summaries_run_on_a_thread_pool_sized_for_io_and_flushes_on_prefork() -> None:
+    summarize = argv("worker-summarize")
+    assert option(summarize, "--pool") == "threads"
+    assert int(str(option(summarize, "--concurrency"))) >= 16
+    # The flush worker is CPU-bound (tokenizing, planning): processes, not threads.
+    assert option(argv("worker"), "--pool") in (None, "prefork")
+    assert settings_for("worker-summarize").summarizer_timeout_s > 0, "bounds each call"
