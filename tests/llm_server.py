@@ -237,6 +237,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default listen backlog is 5: a thread pool opening 16+ connections at once
+    # overflowed it and some calls failed to connect.
+    request_queue_size = 128
     fake: FakeLLMServer
 
     def handle_error(self, request: Any, client_address: Any) -> None:

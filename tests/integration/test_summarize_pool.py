@@ -167,7 +167,8 @@ def test_threads_summarize_concurrently_with_exact_accounting_and_metrics(
     # Concurrent: a prefork pool of 2 never has more than 2 calls in flight.
     assert THREADS // 2 <= w.llm.max_in_flight <= THREADS
     assert {r["status"] for r in results} == {"committed"}
-    assert {r["summary_source"] for r in results} == {"openai"}
+    fallbacks = [line for line in w.worker.logs().splitlines() if "fallback" in line.lower()]
+    assert {r["summary_source"] for r in results} == {"openai"}, fallbacks[:3]
     assert len(w.llm.recorded()) == MEMORIES, "one LLM request per summary, no more"
     assert_all_accounted(w.client, w.ledger, [m.key for m in memories])
     summarized = sum(r["summarized"] for r in results)
