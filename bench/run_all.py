@@ -27,6 +27,7 @@ SCRIPTS = (
     "trigger_storm",
     "cleanup",
     "memory_usage",
+    "summarize_pool",
 )
 
 

@@ -46,6 +46,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -204,6 +205,7 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         if not BREAKER_NAME_PATTERN.match(name):
             raise ConfigError(f"invalid circuit breaker name {name!r}")
         self._listener = _StateListener()
+        self._trial_running = False  # a half-open trial call of this process is in flight
         super().__init__(
             fail_max=fail_max,
             reset_timeout=reset_timeout_s,
@@ -223,13 +225,38 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
 
     def call(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Call ``func`` by the rules of the current (shared) state; raises
-        :class:`pybreaker.CircuitBreakerError` without calling it while the breaker is open."""
+        :class:`pybreaker.CircuitBreakerError` without calling it while the breaker is open.
+
+        Half-open admits one trial call per process at a time: pybreaker gets that from holding
+        its lock during the call, which this class does not, so other threads that arrive while
+        the trial runs fail fast instead of all trying the endpoint that just failed.
+        """
         with self._lock:
             stored = self.current_state  # one round trip; notices other processes' transitions
             if stored != self._state.name:
                 self.state = stored  # pybreaker's setter takes a state name
+            if self._state.name == BreakerState.OPEN and self._reset_timeout_elapsed():
+                self.half_open()
             state = self._state
-        return state.call(func, *args, **kwargs)
+            trial = state.name == BreakerState.HALF_OPEN
+            if trial:
+                if self._trial_running:
+                    raise pybreaker.CircuitBreakerError(
+                        "half-open: a trial call is in progress, circuit breaker still open"
+                    )
+                self._trial_running = True
+        try:
+            return state.call(func, *args, **kwargs)
+        finally:
+            if trial:
+                with self._lock:
+                    self._trial_running = False
+
+    def _reset_timeout_elapsed(self) -> bool:
+        opened_at = self._state_storage.opened_at
+        if opened_at is None:
+            return True
+        return datetime.now(UTC) >= opened_at + timedelta(seconds=self.reset_timeout)
 
     def call_or_raise(
         self,

@@ -9,6 +9,7 @@ and the client publishes one ``memory.flush`` task by name.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -94,6 +95,7 @@ class MemoryClient:
         self._redactors: dict[str, Redactor] = {}
         self._append_plans: dict[str, _AppendPlan] = {}
         self._summarizer: Summarizer | None = summarizer
+        self._summarizer_lock = threading.Lock()
         self._owns_summarizer = summarizer is None
         self._token_counters: TokenCounters | None = None
         metrics.configure(self.settings)
@@ -198,11 +200,14 @@ class MemoryClient:
         """The configured summarizer (``MEMORY_SUMMARIZER_*``), built on first use. An LLM
         summarizer's circuit breaker keeps its state in this client's Redis, shared with every
         process using the same key prefix."""
-        if self._summarizer is None:
-            from memory_engine.summarizers import build_summarizer
+        # Locked: a thread-pool worker runs many summaries on one client, and two summarizers
+        # built at once would leak an HTTP client and split the breaker's local state.
+        with self._summarizer_lock:
+            if self._summarizer is None:
+                from memory_engine.summarizers import build_summarizer
 
-            self._summarizer = build_summarizer(self.settings, redis=self.redis)
-        return self._summarizer
+                self._summarizer = build_summarizer(self.settings, redis=self.redis)
+            return self._summarizer
 
     def close(self) -> None:
         """Release what this client built: HTTP clients, the producer, the Redis pool."""

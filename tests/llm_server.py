@@ -20,6 +20,11 @@ Behaviour is switched at runtime with ``server.mode``:
 ``hang``       never answers, until the server stops
 =============  ==================================================================================
 
+``server.latency_s`` (default 0) delays every answer of every mode by that long, like a provider's
+response time (``slow`` adds ``delay_s`` on top). ``server.in_flight`` is the number of requests
+being answered now and ``server.max_in_flight`` the most seen at once since the last
+:meth:`~FakeLLMServer.reset_in_flight` (how many calls a client really makes concurrently).
+
 Every request is recorded (path, lower-cased headers, decoded JSON) in ``server.requests``.
 """
 
@@ -125,7 +130,17 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {k.lower(): v for k, v in self.headers.items()}
         fake = self.server.fake
         fake._record(RecordedRequest(self.path, headers, body))
+        fake._enter()
+        try:
+            self._answer(fake, headers, body)
+        finally:
+            fake._leave()
+
+    def _answer(self, fake: FakeLLMServer, headers: dict[str, str], body: Any) -> None:
         mode = fake.mode
+        if fake.latency_s > 0 and fake._stopping.wait(fake.latency_s):
+            self.close_connection = True
+            return
         if mode == "hang":
             fake._stopping.wait()
             self.close_connection = True
@@ -222,6 +237,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default listen backlog is 5: a thread pool opening 16+ connections at once
+    # overflowed it and some calls failed to connect.
+    request_queue_size = 128
     fake: FakeLLMServer
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -240,6 +258,9 @@ class FakeLLMServer:
         self.reply: str | None = None
         self.requests: list[RecordedRequest] = []
         self.connections = 0  # TCP connections accepted: 1 for N calls means keep-alive worked
+        self.latency_s = 0.0
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._httpd: _Server | None = None
@@ -275,9 +296,16 @@ class FakeLLMServer:
         self.delay_s = 2.0
         self.error_status = 500
         self.reply = None
+        self.latency_s = 0.0
         with self._lock:
             self.requests.clear()
             self.connections = 0
+            self.max_in_flight = self.in_flight
+
+    def reset_in_flight(self) -> None:
+        """Start counting ``max_in_flight`` again from the requests in flight now."""
+        with self._lock:
+            self.max_in_flight = self.in_flight
 
     # --- addresses
     @property
@@ -302,6 +330,15 @@ class FakeLLMServer:
     def _record(self, request: RecordedRequest) -> None:
         with self._lock:
             self.requests.append(request)
+
+    def _enter(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def _leave(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
 
     def _connection_opened(self) -> None:
         with self._lock:

@@ -4,11 +4,16 @@ Checks that the services exist, that every ``MEMORY_*`` variable is a Settings f
 interpolated environment builds valid Settings, that commands are ``celery -A worker ...`` with
 queue names from ``memory_engine.task_contract`` (every queue consumed by some worker), that Redis
 persists (AOF) and requires a password, that Flower has basic auth, that every service has a
-health check, and that the image installs the whole project.
+health check, that the image installs the whole project, and that the ``monitoring`` profile is
+real: every Prometheus target is a service serving that port (every worker sets
+``MEMORY_METRICS_PORT``, Flower's ``/metrics`` is scraped) and Grafana's mounted provisioning
+files exist and point at Prometheus and the dashboard (whose metric names tests/test_dashboard.py
+checks against the code).
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import tomllib
@@ -222,3 +227,129 @@ def test_dockerfile_installs_the_whole_project() -> None:
     needed |= {"pyproject.toml", project["project"]["readme"]}
     assert needed <= copied, f"not copied into the image: {needed - copied}"
     assert "WORKDIR /app" in lines
+
+
+# ---- profile `monitoring`: Prometheus scrapes every worker and Flower, Grafana is provisioned ----
+
+MONITORING = ("prometheus", "grafana")
+WORKERS = tuple(n for n in APP_SERVICES if argv(n)[3] == "worker")
+
+
+def mounts(name: str) -> dict[str, Path]:
+    """``{container path: host path}`` of the service's bind mounts (``./...`` sources)."""
+    out = {}
+    for volume in SERVICES[name].get("volumes") or []:
+        source, target = str(volume).split(":")[:2]
+        if source.startswith("./"):
+            out[target] = ROOT / source
+    return out
+
+
+def prometheus_config() -> dict[str, Any]:
+    """The configuration file the prometheus service loads (found through its mount)."""
+    path = option(argv("prometheus"), "--config.file")
+    assert path, "prometheus names its configuration file"
+    host = mounts("prometheus").get(path)
+    assert host is not None and host.is_file(), f"{path} is not mounted from the repository"
+    config: dict[str, Any] = yaml.safe_load(host.read_text())
+    return config
+
+
+def scrape_targets() -> list[tuple[str, str, int, str]]:
+    """``(job, host, port, metrics_path)`` of every static and DNS target."""
+    targets = []
+    for job in prometheus_config()["scrape_configs"]:
+        path = job.get("metrics_path", "/metrics")
+        for static in job.get("static_configs", []):
+            for target in static["targets"]:
+                host, port = target.rsplit(":", 1)
+                targets.append((job["job_name"], host, int(port), path))
+        for dns in job.get("dns_sd_configs", []):
+            assert dns.get("type", "SRV") == "A", "compose DNS answers A records"
+            targets += [(job["job_name"], host, int(dns["port"]), path) for host in dns["names"]]
+    return targets
+
+
+def serves(name: str) -> set[int]:
+    """Ports the service's process listens on: its metrics port, ``--port``, ``expose``."""
+    ports = {int(p) for p in SERVICES[name].get("expose") or []}
+    metrics_port = service_env(name).get("MEMORY_METRICS_PORT")
+    if metrics_port:
+        ports.add(int(metrics_port))
+    if SERVICES[name].get("command") and option(argv(name), "--port"):
+        ports.add(int(str(option(argv(name), "--port"))))
+    return ports
+
+
+def test_monitoring_profile_runs_prometheus_and_grafana_on_loopback() -> None:
+    for name, port in (("prometheus", 9090), ("grafana", 3000)):
+        assert SERVICES[name]["profiles"] == ["monitoring"], name
+        assert SERVICES[name]["ports"] == [f"127.0.0.1:{port}:{port}"], name
+        assert str(SERVICES[name]["image"]).split(":")[1] not in ("", "latest"), "pinned image"
+    # Everything else runs without the profile.
+    assert {n for n, s in SERVICES.items() if s.get("profiles")} == set(MONITORING)
+    assert "prometheus" in (SERVICES["grafana"].get("depends_on") or [])
+
+
+@pytest.mark.parametrize("name", WORKERS)
+def test_every_worker_serves_metrics_on_a_fixed_port(name: str) -> None:
+    port = settings_for(name).metrics_port
+    assert port, f"{name}: MEMORY_METRICS_PORT unset or 0 (a random port cannot be scraped)"
+    assert port in {int(p) for p in SERVICES[name].get("expose") or []}
+
+
+def test_every_prometheus_target_is_a_service_serving_that_port() -> None:
+    targets = scrape_targets()
+    assert targets
+    for job, host, port, path in targets:
+        assert host in SERVICES, f"{job}: {host} is not a compose service"
+        assert not SERVICES[host].get("profiles"), f"{job}: {host} runs only in a profile"
+        assert port in serves(host), f"{job}: {host} does not serve port {port}"
+        assert path == "/metrics", job
+    scraped = {(host, port) for _, host, port, _ in targets}
+    for name in WORKERS:
+        assert (name, settings_for(name).metrics_port) in scraped, f"{name} is not scraped"
+    assert ("flower", int(str(option(argv("flower"), "--port")))) in scraped, "Flower's /metrics"
+
+
+def test_grafana_mounts_valid_provisioning_and_the_dashboard() -> None:
+    grafana = mounts("grafana")
+    for host in grafana.values():
+        assert host.exists(), f"grafana mounts {host}, which does not exist"
+    sources_dir = grafana["/etc/grafana/provisioning/datasources"]
+    boards_dir = grafana["/etc/grafana/provisioning/dashboards"]
+    [source] = [
+        d
+        for f in sorted(sources_dir.glob("*.yml"))
+        for d in yaml.safe_load(f.read_text())["datasources"]
+    ]
+    assert source["type"] == "prometheus"
+    # The data source reaches the prometheus service on the port Prometheus listens on.
+    assert source["url"] == "http://prometheus:9090"
+    assert SERVICES["prometheus"]["ports"][0].endswith(":9090")
+    [provider] = [
+        p
+        for f in sorted(boards_dir.glob("*.yml"))
+        for p in yaml.safe_load(f.read_text())["providers"]
+    ]
+    assert provider["type"] == "file"
+    dashboards = {t: h for t, h in grafana.items() if h.suffix == ".json"}
+    assert dashboards, "no dashboard mounted"
+    for target, host in dashboards.items():
+        # The provider loads the directory the dashboard is mounted in.
+        assert str(Path(target).parent) == provider["options"]["path"]
+        board = json.loads(host.read_text())
+        [variable] = [v for v in board["templating"]["list"] if v["type"] == "datasource"]
+        assert variable["query"] == source["type"]
+        assert variable["current"]["value"] == source["uid"], "the default data source exists"
+    home = service_env("grafana").get("GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH")
+    assert home is None or home in dashboards
+
+
+def test_summaries_run_on_a_thread_pool_sized_for_io_and_flushes_on_prefork() -> None:
+    summarize = argv("worker-summarize")
+    assert option(summarize, "--pool") == "threads"
+    assert int(str(option(summarize, "--concurrency"))) >= 16
+    # The flush worker is CPU-bound (tokenizing, planning): processes, not threads.
+    assert option(argv("worker"), "--pool") in (None, "prefork")
+    assert settings_for("worker-summarize").summarizer_timeout_s > 0, "bounds each call"

@@ -135,7 +135,11 @@ def test_prometheus_config_scrapes_workers_and_flower() -> None:
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert {"memory-engine-worker", "flower"} <= set(jobs)
     for job in jobs.values():
-        targets = [t for sc in job["static_configs"] for t in sc["targets"]]
+        # Static targets, or DNS discovery of every replica of a service (names + port);
+        # tests/test_compose.py checks that each is a compose service serving that port.
+        targets = [t for sc in job.get("static_configs", []) for t in sc["targets"]]
+        for dns in job.get("dns_sd_configs", []):
+            targets += [f"{name}:{dns['port']}" for name in dns["names"]]
         assert targets and all(re.fullmatch(r"[\w.-]+:\d+", t) for t in targets)
 
 

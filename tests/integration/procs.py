@@ -206,12 +206,16 @@ def worker_process(
     queues: str,
     name: str,
     concurrency: int = 1,
+    pool: str = "prefork",
 ) -> ServiceProcess:
-    """A prefork worker; ready once its log says ``ready.`` (``wait_for_log(r"ready\\.")``)."""
+    """A worker (prefork unless ``pool`` says otherwise, e.g. ``threads``); ready once its log
+    says ``ready.`` (``wait_for_log(r"ready\\.")``)."""
     args = _celery(
         "worker",
         "-Q",
         queues,
+        "-P",
+        pool,
         "-c",
         str(concurrency),
         "-n",
