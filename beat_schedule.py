@@ -1,5 +1,5 @@
 """The one periodic schedule (Celery Beat). Every entry names a registered task routed to an
-existing queue; ``tests/test_beat_schedule.py`` checks that against the worker app.
+existing queue; ``tests/unit/test_beat_schedule.py`` checks that against the worker app.
 
 Intervals come from settings (``MEMORY_CLEANUP_INTERVAL_S``, ``MEMORY_RECONCILE_INTERVAL_S``,
 ``MEMORY_MARKER_SWEEP_INTERVAL_S``). Each send expires after its interval, so a backlog built while

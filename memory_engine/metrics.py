@@ -300,7 +300,7 @@ def _observe_many(histogram: Any, values: list[float]) -> None:
     """``histogram.observe(v)`` for each of ``values``, with one increment per bucket instead of
     two locked increments per value. Uses prometheus_client's per-bucket values (``_buckets``,
     ``_upper_bounds``, ``_sum``; stable since 0.4, and checked against ``observe`` by
-    ``tests/test_metrics.py``); falls back to ``observe`` when they are not there."""
+    ``tests/integration/test_metrics.py``); falls back to ``observe`` when they are not there."""
     buckets = getattr(histogram, "_buckets", None)
     bounds = getattr(histogram, "_upper_bounds", None)
     total = getattr(histogram, "_sum", None)

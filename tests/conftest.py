@@ -18,6 +18,9 @@ from memory_engine.client import MemoryClient
 from memory_engine.settings import Settings
 from memory_engine.tooling.embedded_redis import EmbeddedRedis
 
+# The in-process Celery worker and its settings, shared by integration and end-to-end tests.
+pytest_plugins = ["fixtures_worker"]
+
 ROOT = Path(__file__).resolve().parent.parent
 RESOURCES_DIR = ROOT / "config" / "resources"
 _prefixes = itertools.count()

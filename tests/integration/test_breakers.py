@@ -45,8 +45,8 @@ from memory_engine.settings import Settings
 from memory_engine.store import FLUSH_MARKER_UNPUBLISHED
 from memory_engine.task_contract import QUEUE_FLUSH
 from memory_engine.tooling.embedded_redis import EmbeddedRedis
+from tests.fixtures_worker import wait_for
 
-from .conftest import wait_for
 from .helpers import ctx
 from .procs import ROOT
 

@@ -22,9 +22,9 @@ from memory_engine.client import Memory, MemoryClient
 from memory_engine.errors import CorruptMessage, StoreUnavailable
 from memory_engine.settings import Settings
 from memory_engine.tooling.embedded_redis import EmbeddedRedis, find_redis_server
+from tests.fixtures_worker import wait_for
 
 from .accounting import Ledger, assert_all_accounted
-from .conftest import wait_for
 from .helpers import client_with, ctx, resource
 
 FAULT_TIMEOUT_S = 0.5

@@ -11,8 +11,7 @@ import redis
 
 from memory_engine.store import locks
 from memory_engine.store.locks import MemoryLock
-
-from .conftest import wait_for
+from tests.fixtures_worker import wait_for
 
 SHORT_TTL_S = 0.3
 RENEWER = "memory-lock-renewer"

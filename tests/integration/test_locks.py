@@ -9,8 +9,7 @@ import redis
 
 from memory_engine.errors import FlushAlreadyRunning, LockLost
 from memory_engine.store.locks import MemoryLock
-
-from .conftest import wait_for
+from tests.fixtures_worker import wait_for
 
 
 def test_second_holder_fails_fast(redis_client: redis.Redis, key_prefix: str) -> None:

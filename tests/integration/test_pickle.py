@@ -19,8 +19,8 @@ from kombu import Connection, Exchange, Queue
 
 from memory_engine.client import MemoryClient
 from memory_engine.task_contract import QUEUE_FLUSH, TASK_FLUSH
+from tests.fixtures_worker import wait_for
 
-from .conftest import wait_for
 from .helpers import ctx
 from .procs import memory_env, private_broker, running, settings_from_env, worker_process
 

@@ -19,9 +19,9 @@ import pytest
 from memory_engine.client import MemoryClient
 from memory_engine.engine.context import SUMMARY_NOTICE
 from memory_engine.settings import Settings
+from tests.fixtures_worker import wait_for
 from tests.llm_server import FakeLLMServer, running_llm_server
 
-from .conftest import wait_for
 from .helpers import client_with, ctx, resource
 
 

@@ -21,8 +21,7 @@ from memory_engine.task_contract import (
     TASK_FLUSH,
     TASK_RECONCILE,
 )
-
-from .conftest import broker_url_for, wait_for
+from tests.fixtures_worker import broker_url_for, wait_for
 
 pytestmark = pytest.mark.usefixtures("celery_worker")
 

@@ -20,9 +20,8 @@ import pytest
 
 from memory_engine.task_contract import QUEUE_FLUSH
 from memory_engine.tooling.embedded_redis import EmbeddedRedis, free_port
-
-from .conftest import broker_url_for, wait_for
-from .procs import (
+from tests.fixtures_worker import broker_url_for, wait_for
+from tests.integration.procs import (
     ServiceProcess,
     flower_process,
     http_get,

@@ -30,7 +30,7 @@ from memory_engine.settings import Settings
 from memory_engine.store import PendingMessage
 from memory_engine.store.locks import MemoryLock
 from memory_engine.task_contract import QUEUE_FLUSH, QUEUES
-from tests.integration.conftest import broker_url_for
+from tests.fixtures_worker import broker_url_for
 from tests.integration.helpers import client_with, ctx, resource
 from worker.metrics import QueueDepthCollector, _prepare_directory
 

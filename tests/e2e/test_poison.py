@@ -19,11 +19,16 @@ import redis
 
 from memory_engine.client import MemoryClient
 from memory_engine.task_contract import QUEUE_FLUSH, TASK_FLUSH
+from tests.fixtures_worker import wait_for
+from tests.integration.helpers import ctx
+from tests.integration.procs import (
+    memory_env,
+    private_broker,
+    running,
+    settings_from_env,
+    worker_process,
+)
 from worker.poison import DEAD_LETTER_MAX_ITEMS, DEAD_LETTER_QUEUE, poison_reason
-
-from .conftest import wait_for
-from .helpers import ctx
-from .procs import memory_env, private_broker, running, settings_from_env, worker_process
 
 pytestmark = pytest.mark.slow
 

@@ -26,7 +26,7 @@ from memory_engine.settings import (
     load_settings,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOYMENT_RESOURCES = ROOT / "config" / "resources"
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RECORDER = '#!/usr/bin/env bash\necho "$(basename "$0") $*" >> "$DEV_TEST_LOG"\n'
 TOOLS = ("python", "memory-engine", "pytest", "ruff", "mypy")
 

@@ -18,10 +18,9 @@ import pytest
 from memory_engine.client import MemoryClient
 from memory_engine.task_contract import QUEUE_FLUSH, TASK_FLUSH
 from memory_engine.tooling.embedded_redis import free_port
-
-from .conftest import wait_for
-from .helpers import ctx
-from .procs import (
+from tests.fixtures_worker import wait_for
+from tests.integration.helpers import ctx
+from tests.integration.procs import (
     flower_process,
     http_get,
     http_status,

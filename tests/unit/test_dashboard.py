@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from memory_engine.metrics import METRIC_PREFIX, EngineMetrics
 from worker.metrics import QueueDepthCollector, WorkerMetrics
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "memory-engine.json"
 
 # Sample suffixes each metric type exposes (prometheus_client's text format).
@@ -136,7 +136,7 @@ def test_prometheus_config_scrapes_workers_and_flower() -> None:
     assert {"memory-engine-worker", "flower"} <= set(jobs)
     for job in jobs.values():
         # Static targets, or DNS discovery of every replica of a service (names + port);
-        # tests/test_compose.py checks that each is a compose service serving that port.
+        # tests/unit/test_compose.py checks that each is a compose service serving that port.
         targets = [t for sc in job.get("static_configs", []) for t in sc["targets"]]
         for dns in job.get("dns_sd_configs", []):
             targets += [f"{name}:{dns['port']}" for name in dns["names"]]

@@ -7,7 +7,8 @@ persists (AOF) and requires a password, that Flower has basic auth, that every s
 health check, that the image installs the whole project, and that the ``monitoring`` profile is
 real: every Prometheus target is a service serving that port (every worker sets
 ``MEMORY_METRICS_PORT``, Flower's ``/metrics`` is scraped) and Grafana's mounted provisioning
-files exist and point at Prometheus and the dashboard (whose metric names tests/test_dashboard.py
+files exist and point at Prometheus and the dashboard (whose metric names
+tests/unit/test_dashboard.py
 checks against the code).
 """
 
@@ -28,7 +29,7 @@ from memory_engine.settings import Settings
 from memory_engine.task_contract import QUEUE_FLUSH, QUEUE_MAINTENANCE, QUEUE_SUMMARIZE, QUEUES
 from worker.flower_auth import configure_flower_auth
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 APP_SERVICES = ("worker", "worker-summarize", "beat", "flower")

@@ -18,9 +18,14 @@ import pytest
 import redis
 
 from memory_engine.task_contract import QUEUE_MAINTENANCE, TASK_SWEEP_MARKERS
-
-from .conftest import wait_for
-from .procs import ServiceProcess, beat_process, memory_env, private_broker, running
+from tests.fixtures_worker import wait_for
+from tests.integration.procs import (
+    ServiceProcess,
+    beat_process,
+    memory_env,
+    private_broker,
+    running,
+)
 
 pytestmark = pytest.mark.slow
 

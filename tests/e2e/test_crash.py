@@ -26,11 +26,17 @@ import redis
 from memory_engine.client import Memory, MemoryClient
 from memory_engine.task_contract import QUEUE_FLUSH, QUEUE_SUMMARIZE, TASK_FLUSH, TASK_SUMMARIZE
 from memory_engine.tooling.embedded_redis import EmbeddedRedis
+from tests.fixtures_worker import wait_for
+from tests.integration.helpers import ctx
+from tests.integration.procs import (
+    memory_env,
+    private_broker,
+    running,
+    settings_from_env,
+    task_ids,
+    worker_process,
+)
 from tests.llm_server import running_llm_server
-
-from .conftest import wait_for
-from .helpers import ctx
-from .procs import memory_env, private_broker, running, settings_from_env, task_ids, worker_process
 
 pytestmark = pytest.mark.slow
 

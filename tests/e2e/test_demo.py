@@ -15,8 +15,7 @@ import pytest
 
 from memory_engine.tooling.services import pid_alive
 from memory_engine.tooling.task_events import TaskEvents, percentile
-
-from .conftest import broker_url_for, wait_for
+from tests.fixtures_worker import broker_url_for, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_DEADLINE_S = 120.0  # the bound for --conversations 20 on this machine

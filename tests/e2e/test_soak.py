@@ -30,11 +30,16 @@ from memory_engine.errors import MemoryEngineError
 from memory_engine.settings import Settings
 from memory_engine.store.locks import MemoryLock
 from memory_engine.task_contract import QUEUES
-
-from .accounting import Ledger, account_memory, assert_all_accounted
-from .conftest import broker_url_for, wait_for
-from .helpers import client_with, ctx, resource
-from .procs import ServiceProcess, memory_env, running, settings_from_env, worker_process
+from tests.fixtures_worker import broker_url_for, wait_for
+from tests.integration.accounting import Ledger, account_memory, assert_all_accounted
+from tests.integration.helpers import client_with, ctx, resource
+from tests.integration.procs import (
+    ServiceProcess,
+    memory_env,
+    running,
+    settings_from_env,
+    worker_process,
+)
 
 SOAK_SECONDS_DEFAULT = 60.0
 SOAK_BROKER_DB = 12  # dedicated: no other test's worker consumes from it

@@ -10,7 +10,7 @@ from memory_engine.errors import ConfigError, ResourceNotFound
 from memory_engine.registry import ResourceRegistry, load_resource_file
 from memory_engine.resources import FlushingType, ResourceType, parse_resource
 
-SHIPPED = Path(__file__).resolve().parent.parent / "config" / "resources"
+SHIPPED = Path(__file__).resolve().parents[2] / "config" / "resources"
 
 
 def resource_yaml(resource_id: str, extra: str = "") -> str:
