@@ -11,15 +11,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from memory_engine import metrics
+from memory_engine.core.append import (
+    AppendPlan,
+    BatchLimits,
+    PreparedBatch,
+    append_result,
+    prepare_batch,
+)
 from memory_engine.errors import (
     BrokerUnavailable,
     KeyTemplateError,
-    MessageValidationError,
     ResourceMismatch,
     ResourceNotFound,
     StoreUnavailable,
@@ -31,14 +36,13 @@ from memory_engine.messages import (
     Message,
     Page,
     check_int_argument,
-    coerce_message,
 )
 from memory_engine.privacy import Redactor
 from memory_engine.producer import TaskProducer
 from memory_engine.registry import ResourceRegistry
-from memory_engine.resources import CeilingAction, MemoryResource
+from memory_engine.resources import MemoryResource
 from memory_engine.settings import Settings, load_settings
-from memory_engine.store import MemoryStore, PendingMessage
+from memory_engine.store import MemoryStore
 from memory_engine.store.connections import RedisClient
 from memory_engine.task_contract import TASK_FLUSH
 from memory_engine.tokens import TokenCounter, counter_for
@@ -51,23 +55,6 @@ if TYPE_CHECKING:
 __all__ = ["Memory", "MemoryClient"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class _AppendPlan:
-    """What every append of one resource needs and no append changes, resolved once per resource
-    (the hot path: each lookup below costs a microsecond or two when repeated per append)."""
-
-    resource: MemoryResource
-    redactor: Redactor
-    counter: TokenCounter
-    token_threshold: int
-    message_threshold: int
-    ttl_s: int
-    tracks_use: bool
-    token_ceiling: int
-    message_ceiling: int
-    refuse_over_ceiling: bool
 
 
 class MemoryClient:
@@ -93,7 +80,12 @@ class MemoryClient:
         self._owns_producer = producer is None
         self.producer = producer or TaskProducer(self.settings, self.redis)
         self._redactors: dict[str, Redactor] = {}
-        self._append_plans: dict[str, _AppendPlan] = {}
+        self._append_plans: dict[str, AppendPlan] = {}
+        self.batch_limits = BatchLimits(
+            max_message_bytes=self.settings.max_message_bytes,
+            max_batch_messages=self.settings.max_batch_messages,
+            max_batch_bytes=self.settings.max_batch_bytes,
+        )
         self._summarizer: Summarizer | None = summarizer
         self._summarizer_lock = threading.Lock()
         self._owns_summarizer = summarizer is None
@@ -175,22 +167,11 @@ class MemoryClient:
             self._token_counters = TokenCounters(self.settings, self.redis)
         return self._token_counters.counter_for(resource)
 
-    def _append_plan(self, resource: MemoryResource) -> _AppendPlan:
+    def _append_plan(self, resource: MemoryResource) -> AppendPlan:
         plan = self._append_plans.get(resource.id)
         if plan is None or plan.resource is not resource:  # a reloaded registry: rebuild
-            token_threshold, message_threshold = resource.trigger_thresholds()
-            token_ceiling, message_ceiling = resource.ceiling_limits()
-            plan = _AppendPlan(
-                resource=resource,
-                redactor=self.redactor_for(resource),
-                counter=self.counter_for(resource),
-                token_threshold=token_threshold,
-                message_threshold=message_threshold,
-                ttl_s=resource.ttl_s,
-                tracks_use=resource.records_uses,
-                token_ceiling=token_ceiling,
-                message_ceiling=message_ceiling,
-                refuse_over_ceiling=resource.ceiling.on_exceed is CeilingAction.REFUSE,
+            plan = AppendPlan.for_resource(
+                resource, self.redactor_for(resource), self.counter_for(resource)
             )
             self._append_plans[resource.id] = plan
         return plan
@@ -260,7 +241,8 @@ class Memory:
         started = time.perf_counter()
         client = self.client
         plan = client._append_plan(self.resource)
-        pending, skipped, redacted = self._prepare(messages, plan)
+        batch = self._prepare(messages, plan)
+        pending = batch.pending
         if not pending:
             stats = self.stats()
             return AppendResult(
@@ -268,7 +250,7 @@ class Memory:
                 appended=0,
                 message_count=stats.message_count,
                 token_count=stats.token_count,
-                skipped=skipped,
+                skipped=batch.skipped,
             )
         outcome = client.store.append(
             self.keys,
@@ -295,24 +277,12 @@ class Memory:
                 self.key,
                 outcome.evicted,
             )
-        return AppendResult(
-            stored=True,
-            appended=len(pending),
-            message_count=outcome.message_count,
-            token_count=outcome.token_count,
-            message_tokens=outcome.message_tokens,
-            evicted=outcome.evicted,
-            first_seq=outcome.first_seq,
-            last_seq=outcome.last_seq,
-            flush_requested=flush_requested,
-            redacted=redacted,
-            skipped=skipped,
-        )
+        return append_result(outcome, batch, flush_requested=flush_requested)
 
     def replace(self, messages: Sequence[Message | dict[str, Any]]) -> int:
         """Replace every message (the summary goes too); keeps the TTL. Returns the new count."""
         plan = self.client._append_plan(self.resource)
-        pending, _skipped, _redacted = self._prepare(messages, plan, allow_empty=True)
+        pending = self._prepare(messages, plan, allow_empty=True).pending
         count, _tokens, _epoch = self.client.store.replace(
             self.keys, pending, resource_id=self.resource.id, ttl_s=self.resource.ttl_s
         )
@@ -491,81 +461,11 @@ class Memory:
     def _prepare(
         self,
         messages: Sequence[Message | dict[str, Any]],
-        plan: _AppendPlan | None = None,
+        plan: AppendPlan | None = None,
         *,
         allow_empty: bool = False,
-    ) -> tuple[list[PendingMessage], int, int]:
-        """Validate, redact and count. Raises before anything is written."""
+    ) -> PreparedBatch:
+        """Validate, redact and count (:func:`memory_engine.core.append.prepare_batch`)."""
         if plan is None:
             plan = self.client._append_plan(self.resource)
-        if isinstance(messages, (str, bytes, dict)) or not isinstance(messages, Iterable):
-            raise MessageValidationError(
-                f"append_many takes a sequence of messages, got {type(messages).__name__}"
-            )
-        settings = self.client.settings
-        items = messages if isinstance(messages, (list, tuple)) else list(messages)
-        if not items and not allow_empty:
-            raise MessageValidationError("no messages given")
-        if len(items) > settings.max_batch_messages:
-            raise MessageValidationError(
-                f"batch of {len(items)} messages exceeds "
-                f"max_batch_messages={settings.max_batch_messages}"
-            )
-        redactor, counter = plan.redactor, plan.counter
-        redacting = redactor.enabled
-        max_bytes = settings.max_message_bytes
-        now = time.time()
-        pending: list[PendingMessage] = []
-        skipped = redacted = total_bytes = 0
-        for index, item in enumerate(items):
-            try:
-                message = coerce_message(item)
-            except MessageValidationError as exc:
-                raise MessageValidationError(f"message {index}: {exc}") from exc
-            _check_message(message, index, max_bytes)
-            if not redactor.is_persistable(message.role.value):
-                skipped += 1
-                continue
-            if redacting:
-                message, hits = redactor.redact_message(message)
-                redacted += hits
-            try:
-                tokens = counter.count_message(message)
-                body = message.wire_body(tokens, now)
-                # Strict: a lone surrogate in name/metadata/tool fields would otherwise fail
-                # later, inside redis-py's encoder, as an untyped UnicodeEncodeError.
-                size = len(body.encode("utf-8"))
-            except (TypeError, ValueError, RecursionError) as exc:
-                raise MessageValidationError(
-                    f"message {index}: metadata or tool_calls are not JSON-serialisable, are "
-                    f"nested too deeply, or hold text that is not valid UTF-8: {exc}"
-                ) from exc
-            if size > max_bytes:
-                raise MessageValidationError(
-                    f"message {index} is {size} bytes stored; max_message_bytes={max_bytes}"
-                )
-            total_bytes += size
-            pending.append(PendingMessage(body, tokens, message.is_system))
-        if total_bytes > settings.max_batch_bytes:
-            raise MessageValidationError(
-                f"batch is {total_bytes} bytes; max_batch_bytes={settings.max_batch_bytes}"
-            )
-        return pending, skipped, redacted
-
-
-def _check_message(message: Message, index: int, max_bytes: int) -> None:
-    content = message.content
-    try:
-        encoded = content.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise MessageValidationError(f"message {index}: content is not valid UTF-8 text") from exc
-    if len(encoded) > max_bytes:
-        raise MessageValidationError(
-            f"message {index}: content is {len(encoded)} bytes; max_message_bytes={max_bytes}"
-        )
-    if not content.strip() and not message.tool_calls:
-        raise MessageValidationError(
-            f"message {index}: content is empty (only an assistant message with tool_calls may be)"
-        )
-    if message.role.value == "tool" and not message.tool_call_id:
-        raise MessageValidationError(f"message {index}: a tool message needs tool_call_id")
+        return prepare_batch(messages, plan, self.client.batch_limits, allow_empty=allow_empty)

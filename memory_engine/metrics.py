@@ -48,9 +48,10 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from memory_engine.breakers import BreakerState, subscribe_breaker_state
 
 if TYPE_CHECKING:
+    from memory_engine.core.append import AppendOutcome, PendingMessage
     from memory_engine.core.plans import Snapshot, Summary
     from memory_engine.settings import Settings
-    from memory_engine.store import AppendOutcome, CommitResult, PendingMessage
+    from memory_engine.store import CommitResult
 
 __all__ = [
     "APPEND_DRAIN_AT",

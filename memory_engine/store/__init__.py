@@ -8,13 +8,12 @@
 - ``lua/``: the scripts, each with a KEYS/ARGV header.
 """
 
+from memory_engine.core.append import AppendOutcome, PendingMessage
 from memory_engine.store.memory import (
     FLUSH_MARKER_UNPUBLISHED,
-    AppendOutcome,
     CommitResult,
     ContextWindow,
     MemoryStore,
-    PendingMessage,
     summary_from_hash,
     translate_errors,
 )

@@ -36,14 +36,20 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 import redis
 from redis import exceptions as redis_errors
 
+from memory_engine.core.append import (
+    AppendOutcome,
+    PendingMessage,
+    decode_reply,
+    script_arguments,
+)
 from memory_engine.core.columns import StoredMessages, columns_of, position_of_seq, seq_runs
 from memory_engine.core.plans import Snapshot, Summary
-from memory_engine.errors import FlushConflict, LockLost, MemoryFull, StoreError, StoreUnavailable
+from memory_engine.errors import FlushConflict, LockLost, StoreError, StoreUnavailable
 from memory_engine.keys import KeySpace, MemoryKeys
 from memory_engine.messages import Message
 from memory_engine.store.lane import command_head, lane_for
@@ -74,31 +80,6 @@ INDEX_REFRESH_MAX_S = 60.0
 INDEX_MEMO_MAX_ENTRIES = 100_000
 """Bound of the per-store memo of index writes; when full it is emptied (each memory then pays
 one index write again)."""
-
-
-class PendingMessage(NamedTuple):
-    """A message ready to store: serialised body without ``seq``, and its token count.
-
-    (This and :class:`AppendOutcome` are named tuples: built once per append, and a frozen
-    dataclass costs twice as much to build.)"""
-
-    body: str
-    token_count: int
-    is_system: bool = False
-
-
-class AppendOutcome(NamedTuple):
-    """What the append script reports."""
-
-    first_seq: int
-    last_seq: int
-    message_count: int
-    token_count: int
-    flush_requested: bool
-    epoch: int
-    flush_deduplicated: bool = False  # at threshold, but a flush was already pending
-    message_tokens: int = 0  # tokens of the messages this append stored
-    evicted: int = 0  # oldest messages evicted to stay under the hard ceiling
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,26 +261,21 @@ class MemoryStore:
         deleted and written again within the refresh interval) does a second round trip follow.
         """
         now = time.time() if now is None else now
-        n_system = tokens = 0
-        encoded: list[bytes] = []
-        for m in messages:
-            encoded.append(m.body.encode("utf-8"))
-            tokens += m.token_count
-            n_system += m.is_system
-        static = (
-            ttl_s * 1000,
-            resource_id,
-            token_threshold,
-            message_threshold,
-            marker_ttl_s * 1000,
-            1 if tracks_use else 0,
-            token_ceiling,
-            message_ceiling,
-            "r" if refuse_over_ceiling else "e",
+        arguments = script_arguments(
+            keys,
+            messages,
+            resource_id=resource_id,
+            ttl_s=ttl_s,
+            token_threshold=token_threshold,
+            message_threshold=message_threshold,
+            marker_ttl_s=marker_ttl_s,
+            tracks_use=tracks_use,
+            token_ceiling=token_ceiling,
+            message_ceiling=message_ceiling,
+            refuse_over_ceiling=refuse_over_ceiling,
+            now=now,
         )
-        dynamic = [repr(now).encode(), b"%d" % len(encoded), b"%d" % n_system, b"%d" % tokens]
-        dynamic.extend(encoded)
-        script_keys = (keys.msgs, keys.meta, keys.summary, keys.used, keys.flush)
+        script_keys, static, dynamic = arguments.keys, arguments.static, arguments.dynamic
         memory_id = keys.memory_id
         index_due = self._index_due(memory_id, now, ttl_s)
         if index_due:
@@ -312,22 +288,12 @@ class MemoryStore:
             reply = self._run_with_hints("append", memory_id, build)
         else:
             reply = self._send_append(script_keys, static, dynamic)
-        if reply[:1] in (b"R", "R"):
-            count, total = _split_ints(reply[2:])
-            raise MemoryFull(
-                f"memory {memory_id} is at its hard ceiling ({message_ceiling or '-'} messages, "
-                f"{token_ceiling or '-'} tokens; it holds {count} messages, {total} tokens) and "
-                f"its resource refuses appends beyond it: nothing was written ({len(encoded)} "
-                f"message(s), {tokens} tokens refused)"
-            )
-        first, last, count, total, flush, epoch, created, evicted = _split_ints(reply)
+        outcome, created = decode_reply(reply, memory_id, arguments)
         if created and not index_due:
             self._write_index(memory_id, now, ttl_s)
         if index_due or created:
             self._remember_indexed(memory_id, now)
-        return AppendOutcome(
-            first, last, count, total, flush == 1, epoch, flush == 2, tokens, evicted
-        )
+        return outcome
 
     def _send_append(
         self, script_keys: tuple[str, ...], static: tuple[Any, ...], dynamic: list[bytes]
@@ -681,13 +647,6 @@ class MemoryStore:
     def summary(self, keys: MemoryKeys) -> Summary | None:
         with translate_errors("read summary"):
             return summary_from_hash(_decode_hash(self.redis.hgetall(keys.summary)))
-
-
-def _split_ints(reply: bytes | str) -> list[int]:
-    """A script's comma-separated integers (str when the client decodes responses)."""
-    if isinstance(reply, bytes):
-        return [int(x) for x in reply.split(b",")]
-    return [int(x) for x in reply.split(",")]
 
 
 def _decode_hash(raw: dict[Any, Any]) -> dict[str, str]:
