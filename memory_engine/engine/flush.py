@@ -129,7 +129,7 @@ def flush_memory(
         plan = planner.plan(snap, memory.resource)
         return _result(memory, name, FlushStatus.DRY_RUN, plan, snap, dry_run=True)
 
-    lock = MemoryLock(memory.client.redis, memory.keys.lock, memory.resource.locking.flush_ttl_s)
+    lock = memory.client.store.lock(memory.keys, memory.resource.locking.flush_ttl_s)
     try:
         lock.acquire()
     except FlushAlreadyRunning:
@@ -254,9 +254,7 @@ def build_summary(
 @metrics.instrument_flush("evict")
 def evict_memory(memory: MemoryHandle, *, policy: str | None = None) -> FlushResult:
     """Enforce hard limits by the resource's eviction policy (or ``policy``)."""
-    lock = MemoryLock(
-        memory.client.redis, memory.keys.lock, memory.resource.locking.flush_ttl_s, what="evict"
-    )
+    lock = memory.client.store.lock(memory.keys, memory.resource.locking.flush_ttl_s, what="evict")
     try:
         lock.acquire()
     except FlushAlreadyRunning:

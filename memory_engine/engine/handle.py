@@ -8,7 +8,7 @@ the same shapes.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from memory_engine.keys import KeySpace, MemoryKeys
@@ -28,7 +28,6 @@ class EngineClient(Protocol):
     """The services one engine operation uses: the store, the key space, settings, counters."""
 
     settings: Settings
-    redis: Any
     store: MemoryStore
     keyspace: KeySpace
     registry: ResourceRegistry

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from memory_engine.errors import ConfigError, KeyTemplateError, MemoryEngineError
-from memory_engine.store import FLUSH_MARKER_UNPUBLISHED, translate_errors
+from memory_engine.store import FLUSH_MARKER_UNPUBLISHED
 
 if TYPE_CHECKING:
     from memory_engine.engine.handle import EngineClient
@@ -63,49 +63,25 @@ def cleanup(
     use set may outlive the list), and their index entries. A memory whose TTL was extended since
     it was indexed (replace keeps the TTL) is re-indexed, not removed."""
     now = time.time() if now is None else now
-    ks = client.keyspace
-    r = client.redis
+    indexes = client.store.indexes
     report = CleanupReport(dry_run=dry_run)
     start = "-inf"
     for _ in range(max_batches):
-        with translate_errors("cleanup"):
-            ids = [
-                m.decode() if isinstance(m, bytes) else str(m)
-                for m in r.zrangebyscore(ks.expiry_index, start, now, start=0, num=batch)
-            ]
+        ids = indexes.expired(start, now, batch)
         if not ids:
             break
-        with translate_errors("cleanup"):
-            pipe = r.pipeline(transaction=False)
-            for mid in ids:
-                pipe.pttl(ks.memory(mid).meta)
-            ttls = pipe.execute()
+        ttls = indexes.remaining_ttls_ms(ids)
         gone = [mid for mid, ttl in zip(ids, ttls, strict=True) if ttl == -2]
-        alive = [(mid, int(ttl)) for mid, ttl in zip(ids, ttls, strict=True) if ttl != -2]
+        alive = [(mid, ttl) for mid, ttl in zip(ids, ttls, strict=True) if ttl != -2]
         report.expired_removed += len(gone)
         report.removed_ids.extend(gone)
         if dry_run:
             if len(ids) < batch:
                 break
             # Without writes the same ids come back; move the window past them.
-            start = f"({r.zscore(ks.expiry_index, ids[-1])}"
+            start = f"({indexes.expiry_score(ids[-1])}"
             continue
-        with translate_errors("cleanup"):
-            pipe = r.pipeline(transaction=False)
-            for mid in gone:
-                k = ks.memory(mid)
-                pipe.unlink(k.msgs, k.meta, k.summary, k.used, k.flush, k.lock)
-            if gone:
-                pipe.zrem(ks.expiry_index, *gone)
-                pipe.zrem(ks.access_index, *gone)
-                pipe.zrem(ks.pending_index, *gone)
-            for mid, ttl in alive:
-                if ttl == -1:
-                    pipe.zrem(ks.expiry_index, mid)
-                else:
-                    pipe.zadd(ks.expiry_index, {mid: now + ttl / 1000})
-            replies = pipe.execute()
-        report.keys_unlinked += sum(int(x) for x in replies[: len(gone)])
+        report.keys_unlinked += indexes.remove_expired(gone, alive, now)
         report.reindexed += len(alive)
         if len(ids) < batch:
             break
@@ -147,14 +123,10 @@ def reconcile(
     report = ReconcileReport()
     offset = 0
     while report.checked < max_memories:
-        with translate_errors("reconcile"):
-            ids = client.redis.zrangebyscore(
-                ks.access_index, now - since_s, "+inf", start=offset, num=batch
-            )
+        ids = client.store.indexes.accessed_since(now - since_s, offset, batch)
         if not ids:
             break
-        for raw in ids:
-            mid = raw.decode() if isinstance(raw, bytes) else str(raw)
+        for mid in ids:
             fixed = client.store.reconcile(ks.memory(mid), now)
             report.checked += 1
             if fixed:
@@ -204,27 +176,10 @@ def sweep_markers(
 
     now = time.time() if now is None else now
     ks = client.keyspace
-    r = client.redis
+    indexes = client.store.indexes
     report = SweepReport()
-    with translate_errors("sweep markers"):
-        ids = [
-            m.decode() if isinstance(m, bytes) else str(m)
-            for m in r.zrangebyscore(
-                ks.pending_index, "-inf", now - stale_after_s, start=0, num=batch
-            )
-        ]
-        if not ids:
-            return report
-        pipe = r.pipeline(transaction=False)
-        for mid in ids:
-            k = ks.memory(mid)
-            pipe.get(k.flush)
-            pipe.hget(k.meta, "resource_id")
-        replies = pipe.execute()
-    for i, mid in enumerate(ids):
+    for mid, marker, resource_id in indexes.pending_before(now - stale_after_s, batch):
         report.checked += 1
-        marker, resource_raw = replies[2 * i], replies[2 * i + 1]
-        resource_id = resource_raw.decode() if isinstance(resource_raw, bytes) else resource_raw
         if not resource_id:  # the memory is gone
             client.store.clear_flush_marker(ks.memory(mid))
             report.released += 1
@@ -239,12 +194,11 @@ def sweep_markers(
             continue
         try:
             if not marker:
-                with translate_errors("sweep markers"):
-                    r.zrem(ks.pending_index, mid)
+                indexes.drop_pending(mid)
                 report.released += 1
                 if _at_threshold(memory) and memory.request_flush():
                     report.reflushed += 1
-            elif _text(marker) == FLUSH_MARKER_UNPUBLISHED:
+            elif marker == FLUSH_MARKER_UNPUBLISHED:
                 if memory.publish_unpublished_flush():
                     report.republished += 1
             elif over_hard_limit(memory):
@@ -252,10 +206,6 @@ def sweep_markers(
         except MemoryEngineError as exc:
             log.warning("sweep of %s failed: %s", mid, exc)
     return report
-
-
-def _text(value: Any) -> str | None:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 def _at_threshold(memory: Any) -> bool:

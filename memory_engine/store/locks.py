@@ -27,7 +27,7 @@ from typing import Any
 import redis
 
 from memory_engine.errors import FlushAlreadyRunning, LockLost
-from memory_engine.store.memory import translate_errors
+from memory_engine.store.plumbing import translate_errors
 from memory_engine.store.scripts import script_source
 
 __all__ = ["MemoryLock"]

@@ -33,8 +33,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -49,11 +48,13 @@ from memory_engine.core.append import (
 )
 from memory_engine.core.columns import StoredMessages, columns_of, position_of_seq, seq_runs
 from memory_engine.core.plans import Snapshot, Summary
-from memory_engine.errors import FlushConflict, LockLost, StoreError, StoreUnavailable
+from memory_engine.errors import FlushConflict, LockLost
 from memory_engine.keys import KeySpace, MemoryKeys
 from memory_engine.messages import Message
+from memory_engine.store.indexes import IndexStore
 from memory_engine.store.lane import command_head, lane_for
-from memory_engine.store.scripts import script_sha, script_source
+from memory_engine.store.locks import MemoryLock
+from memory_engine.store.plumbing import ScriptRunner, translate_errors
 
 __all__ = ["CommitResult", "ContextWindow", "MemoryStore", "PendingMessage", "translate_errors"]
 
@@ -102,32 +103,12 @@ class CommitResult:
     epoch: int
 
 
-@contextmanager
-def translate_errors(what: str) -> Iterator[None]:
-    """Turn redis-py exceptions into the engine's store errors."""
-    try:
-        yield
-    except redis_errors.AuthenticationError as exc:
-        # A subclass of ConnectionError, but permanent: wrong or missing credentials are not
-        # worth the retries that StoreUnavailable (a TransientError) earns.
-        raise StoreError(
-            f"Redis refused the credentials during {what} (check MEMORY_REDIS_URL): {exc}"
-        ) from exc
-    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
-        raise StoreUnavailable(f"Redis unavailable during {what}: {exc}") from exc
-    except redis_errors.RedisError as exc:
-        raise StoreError(f"Redis error during {what}: {exc}") from exc
-
-
-class MemoryStore:
+class MemoryStore(ScriptRunner):
     """Data access for memories. Thread-safe: redis-py's pool hands each call its connection."""
 
     def __init__(self, client: redis.Redis, keyspace: KeySpace) -> None:
-        self.redis = client
+        super().__init__(client, _SCRIPT_NAMES)
         self.keyspace = keyspace
-        self._sources = {name: script_source(name) for name in _SCRIPT_NAMES}
-        # SHA1 computed locally: no round trip at start-up; scripts are loaded on first NOSCRIPT.
-        self._shas = {name: script_sha(name) for name in _SCRIPT_NAMES}
         # memory id -> `now` of the last index write by an append of this store (module
         # docstring). A plain dict: single operations are atomic under the GIL, and a race
         # between two threads costs one redundant ZADD, never a missing one.
@@ -135,98 +116,17 @@ class MemoryStore:
         # The lean single-command path (memory_engine/resp.py) and the memoised leading
         # arguments of the append script per (keys, resource arguments).
         self._lane = lane_for(client)
+        self.indexes = IndexStore(client, keyspace)
         self._append_heads: dict[tuple[tuple[str, ...], tuple[Any, ...]], bytes] = {}
+
+    def lock(self, keys: MemoryKeys, ttl_s: float, *, what: str = "flush") -> MemoryLock:
+        """The memory's lock (not yet acquired): owner token, renewal, fencing."""
+        return MemoryLock(self.redis, keys.lock, ttl_s, what=what)
 
     def close(self) -> None:
         """Give the connections the append path keeps back to the client's pool."""
         if self._lane is not None:
             self._lane.close()
-
-    # ---- script plumbing -----------------------------------------------------------
-
-    def _run_pipeline(
-        self, what: str, build: Callable[[Any], None], transaction: bool = False
-    ) -> list[Any]:
-        """Run a pipeline whose first command may be an EVALSHA; reload scripts on NOSCRIPT.
-
-        Retrying is safe: a NOSCRIPT reply means the script did not run, and the index commands
-        pipelined after it are idempotent (ZADD of the same member).
-        """
-        with translate_errors(what):
-            for attempt in (0, 1):
-                pipe = self.redis.pipeline(transaction=transaction)
-                build(pipe)
-                try:
-                    return list(pipe.execute())
-                except redis_errors.NoScriptError:
-                    if attempt:
-                        raise
-                    self._load_scripts()
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _run_with_hints(self, what: str, memory_id: str, build: Callable[[Any], None]) -> Any:
-        """One pipeline: a per-memory write first, then index commands (hints). Returns the
-        write's reply and raises its error (then nothing changed); errors of the index commands
-        are logged, not raised (module docstring). NOSCRIPT: load the scripts and send again (the
-        script did not run, and the index commands are idempotent)."""
-        with translate_errors(what):
-            for attempt in (0, 1):
-                pipe = self.redis.pipeline(transaction=False)
-                build(pipe)
-                replies = list(pipe.execute(raise_on_error=False))
-                first = replies[0]
-                if isinstance(first, redis_errors.NoScriptError) and not attempt:
-                    self._load_scripts()
-                    continue
-                if isinstance(first, Exception):
-                    raise first
-                self._log_hint_errors(what, memory_id, replies[1:])
-                return first
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    @staticmethod
-    def _log_hint_errors(what: str, memory_id: str, replies: Sequence[Any]) -> None:
-        errors = [r for r in replies if isinstance(r, Exception)]
-        if errors:
-            log.warning(
-                "%s of memory %s: %d index update(s) failed, the rest applied (indexes are "
-                "hints, repaired by cleanup and reconcile): %s",
-                what,
-                memory_id,
-                len(errors),
-                errors[0],
-            )
-
-    def _write_hints(self, what: str, memory_id: str, build: Callable[[Any], None]) -> None:
-        """Index commands alone, after the memory's write succeeded: failures are logged."""
-        try:
-            with translate_errors(what):
-                pipe = self.redis.pipeline(transaction=False)
-                build(pipe)
-                replies = list(pipe.execute(raise_on_error=False))
-        except StoreError as exc:
-            replies = [exc]
-        self._log_hint_errors(what, memory_id, replies)
-
-    def _load_scripts(self) -> None:
-        for name, src in self._sources.items():
-            self._shas[name] = str(self.redis.script_load(src))
-
-    def _call_script(self, what: str, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """One ``EVALSHA`` as a plain command (a pipeline of one costs ~40 us more in redis-py);
-        reload the scripts and retry once on NOSCRIPT (the script did not run)."""
-        with translate_errors(what):
-            try:
-                return self.redis.evalsha(self._shas[name], len(keys), *keys, *args)
-            except redis_errors.NoScriptError:
-                self._load_scripts()
-                return self.redis.evalsha(self._shas[name], len(keys), *keys, *args)
-
-    def _evalsha(self, what: str, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        def build(pipe: Any) -> None:
-            pipe.evalsha(self._shas[name], len(keys), *keys, *args)
-
-        return self._run_pipeline(what, build)[0]
 
     # ---- writes ----------------------------------------------------------------------
 
