@@ -13,7 +13,7 @@ Workflow code imports only this package::
 from __future__ import annotations
 
 from memory_engine.client import Memory, MemoryClient
-from memory_engine.engine.flush import FlushResult, FlushStatus
+from memory_engine.core.plans import FlushResult, FlushStatus
 from memory_engine.errors import (
     BrokerUnavailable,
     ConfigError,

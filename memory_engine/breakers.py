@@ -52,12 +52,18 @@ from urllib.parse import urlsplit
 
 import pybreaker
 
+from memory_engine.breaker_events import (
+    BreakerState,
+    BreakerStateCallback,
+    on_breaker_state,
+    subscribe_breaker_state,
+    unsubscribe_breaker_state,
+)
 from memory_engine.errors import ConfigError
 from memory_engine.keys import KeySpace
 from memory_engine.store.breakers import (
     BREAKER_NAME_PATTERN,
     REDIS_RETRY_INTERVAL_S,
-    BreakerState,
     RedisBreakerStorage,
     breaker_states,
 )
@@ -86,47 +92,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.@:\-]")
-
-
-# ---- state callbacks (the metrics hook) --------------------------------------------------------
-
-BreakerStateCallback = Callable[[str, str], None]
-"""``callback(name, state)``; ``state`` is a :class:`BreakerState` value."""
-
-# A registry rather than an import of the metrics module: the library must work without metrics,
-# and this module must not depend on the exporter.
-_state_callbacks: list[BreakerStateCallback] = []
-_callbacks_lock = threading.Lock()
-
-
-def subscribe_breaker_state(callback: BreakerStateCallback) -> None:
-    """Have ``callback(name, state)`` called on every breaker state this process observes.
-
-    Called once when a breaker is built (its current state) and on each transition after. The
-    callback runs on the thread that made the guarded call, so it must be quick and must not
-    raise (an exception is logged and ignored). Subscribing twice is a no-op.
-    """
-    with _callbacks_lock:
-        if callback not in _state_callbacks:
-            _state_callbacks.append(callback)
-
-
-def unsubscribe_breaker_state(callback: BreakerStateCallback) -> None:
-    """Stop calling ``callback``; unknown callbacks are ignored."""
-    with _callbacks_lock:
-        if callback in _state_callbacks:
-            _state_callbacks.remove(callback)
-
-
-def on_breaker_state(name: str, state: str) -> None:
-    """Tell every subscribed callback that breaker ``name`` is now in ``state``."""
-    with _callbacks_lock:
-        callbacks = list(_state_callbacks)
-    for callback in callbacks:
-        try:
-            callback(name, state)
-        except Exception:
-            logger.exception("breaker state callback %r failed for breaker %s", callback, name)
 
 
 class _StateListener(pybreaker.CircuitBreakerListener):

@@ -45,7 +45,8 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-from memory_engine.breakers import BreakerState, subscribe_breaker_state
+from memory_engine.breaker_events import BreakerState, subscribe_breaker_state
+from memory_engine.core.plans import FlushStatus
 
 if TYPE_CHECKING:
     from memory_engine.core.append import AppendOutcome, PendingMessage
@@ -92,10 +93,9 @@ BREAKER_STATE_VALUES: dict[str, int] = {
 }
 """Gauge value of each breaker state (pybreaker's state names)."""
 
-# FlushStatus values, spelled here because flush.py imports this module (not the reverse).
-_COMMITTED = "committed"
-_ALREADY_RUNNING = "already_running"
-_ERROR = "error"
+_COMMITTED = FlushStatus.COMMITTED.value
+_ALREADY_RUNNING = FlushStatus.ALREADY_RUNNING.value
+_ERROR = "error"  # not a FlushStatus: the flush raised
 
 P = ParamSpec("P")
 R = TypeVar("R")

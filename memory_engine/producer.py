@@ -19,12 +19,12 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
-from memory_engine.breakers import SharedCircuitBreaker, breaker_name, build_breaker
 from memory_engine.errors import BrokerUnavailable
 from memory_engine.settings import Settings
 from memory_engine.task_contract import TASK_ROUTES
 
 if TYPE_CHECKING:
+    from memory_engine.breakers import SharedCircuitBreaker
     from memory_engine.store.connections import RedisClient
 
 __all__ = [
@@ -75,6 +75,9 @@ class TaskProducer:
         if self._breaker is None:
             with self._lock:
                 if self._breaker is None:
+                    # pybreaker loads on the first publish, not with the library.
+                    from memory_engine.breakers import breaker_name, build_breaker
+
                     self._breaker = build_breaker(
                         breaker_name("broker", "redis", self._settings.broker_dsn()),
                         self._settings,

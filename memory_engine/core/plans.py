@@ -8,7 +8,10 @@ snapshot stays too: the commit script removes exactly the named seqs and nothing
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
+
+from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -16,7 +19,7 @@ if TYPE_CHECKING:
     from memory_engine.messages import Message
     from memory_engine.resources import MemoryResource
 
-__all__ = ["FlushPlan", "Snapshot", "Strategy", "Summary"]
+__all__ = ["FlushPlan", "FlushResult", "FlushStatus", "Snapshot", "Strategy", "Summary"]
 
 
 @dataclass(frozen=True)
@@ -93,3 +96,35 @@ class Strategy(Protocol):
     name: str
 
     def plan(self, snapshot: Snapshot, resource: MemoryResource) -> FlushPlan: ...
+
+
+class FlushStatus(StrEnum):
+    COMMITTED = "committed"
+    NOOP = "noop"
+    DRY_RUN = "dry_run"
+    ALREADY_RUNNING = "already_running"
+    HANDED_OFF = "handed_off"
+
+
+class FlushResult(BaseModel):
+    """What a flush or eviction did (or, with ``dry_run``, would do)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    memory_id: str
+    strategy: str
+    status: FlushStatus
+    dry_run: bool = False
+    removed: int = 0
+    dropped: int = 0
+    summarized: int = 0
+    evicted: int = 0
+    message_count: int = 0
+    token_count: int = 0
+    tokens_before: int = 0
+    tokens_removed: int = 0
+    summary_point: int = 0
+    summary_tokens: int = 0
+    summary_source: str | None = None
+    would_remove: list[int] = []
+    reason: str = ""

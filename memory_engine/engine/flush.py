@@ -12,14 +12,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any
-
-from pydantic import BaseModel, ConfigDict
 
 from memory_engine import metrics
 from memory_engine.core.columns import messages_with_seqs
-from memory_engine.core.plans import FlushPlan, Snapshot, Summary
+from memory_engine.core.plans import FlushPlan, FlushResult, FlushStatus, Snapshot, Summary
 from memory_engine.engine.eviction import select_evictions
 from memory_engine.errors import FlushAlreadyRunning, FlushConflict
 from memory_engine.messages import Message, Role
@@ -37,38 +34,6 @@ log = logging.getLogger(__name__)
 
 COMMIT_ATTEMPTS = 3
 _USES_LRU = {FlushingType.LRU.value, FlushingType.TOKEN_AWARE_LRU.value}
-
-
-class FlushStatus(StrEnum):
-    COMMITTED = "committed"
-    NOOP = "noop"
-    DRY_RUN = "dry_run"
-    ALREADY_RUNNING = "already_running"
-    HANDED_OFF = "handed_off"
-
-
-class FlushResult(BaseModel):
-    """What a flush or eviction did (or, with ``dry_run``, would do)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    memory_id: str
-    strategy: str
-    status: FlushStatus
-    dry_run: bool = False
-    removed: int = 0
-    dropped: int = 0
-    summarized: int = 0
-    evicted: int = 0
-    message_count: int = 0
-    token_count: int = 0
-    tokens_before: int = 0
-    tokens_removed: int = 0
-    summary_point: int = 0
-    summary_tokens: int = 0
-    summary_source: str | None = None
-    would_remove: list[int] = []
-    reason: str = ""
 
 
 BeforeCommit = Callable[[FlushPlan], None]

@@ -12,12 +12,12 @@ import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pybreaker
 from redis.exceptions import RedisError
 
+from memory_engine.breaker_events import BreakerState
 from memory_engine.errors import ConfigError, StoreUnavailable
 from memory_engine.keys import KeySpace
 
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 __all__ = [
     "BREAKER_NAME_PATTERN",
     "REDIS_RETRY_INTERVAL_S",
-    "BreakerState",
     "RedisBreakerStorage",
     "breaker_states",
 ]
@@ -41,14 +40,6 @@ BREAKER_NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.@:\-]{0,199}$")
 
 REDIS_RETRY_INTERVAL_S = 1.0
 """While Redis is unreachable, a breaker tries it again at most this often (else: local state)."""
-
-
-class BreakerState(StrEnum):
-    """A breaker's state; the values are pybreaker's state names."""
-
-    CLOSED = pybreaker.STATE_CLOSED
-    OPEN = pybreaker.STATE_OPEN
-    HALF_OPEN = pybreaker.STATE_HALF_OPEN
 
 
 def _breaker_key(keyspace: KeySpace, name: str) -> str:
