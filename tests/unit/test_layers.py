@@ -17,6 +17,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "foundation",
         (
             "memory_engine.errors",
+            "memory_engine.breaker_events",
             "memory_engine.settings",
             "memory_engine.context_windows",
             "memory_engine.task_contract",
@@ -46,7 +47,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("observability", ("memory_engine.metrics", "memory_engine.producer")),
     ("engine", ("memory_engine.engine",)),
     ("client", ("memory_engine.client",)),
-    ("public api", ("memory_engine",)),
+    ("public api", ("memory_engine",)),  # the package __init__ only (see layer_of)
     # The two top layers never import each other: the service runs tasks, the tooling starts
     # and inspects the service's processes from outside.
     ("service", ("tasks", "worker", "config", "beat_schedule")),
@@ -105,7 +106,10 @@ def layer_of(module: str) -> int:
     best, index = -1, -1
     for i, (_, prefixes) in enumerate(LAYERS):
         for prefix in prefixes:
-            inside = module == prefix or module.startswith(prefix + ".")
+            # "memory_engine" names the package's __init__ alone: a new module must be placed.
+            inside = module == prefix or (
+                prefix != "memory_engine" and module.startswith(prefix + ".")
+            )
             if inside and len(prefix) > best:
                 best, index = len(prefix), i
     assert index >= 0, f"{module} belongs to no layer: add it to LAYERS"
