@@ -9,8 +9,6 @@ is refused with a reason rather than silently ignored. Errors carry the dotted f
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Callable
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
@@ -20,9 +18,10 @@ from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic.functional_validators import AfterValidator, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic_core import InitErrorDetails
 
 from memory_engine.context_windows import context_window
+from memory_engine.durations import Duration, field_error, parse_duration, pydantic_check
 from memory_engine.errors import ConfigError
 from memory_engine.messages import Role
 from memory_engine.patterns import MAX_BOUNDED_REPEAT, MAX_REPEAT_SPLITS, check_redact_pattern
@@ -88,18 +87,13 @@ class EvictionPolicyType(StrEnum):
     PRIORITY = "priority"
 
 
-def _error(kind: str, reason: str) -> PydanticCustomError:
-    # The reason travels in the context, never in the template: it may quote user text with braces.
-    return PydanticCustomError(kind, "{reason}", {"reason": reason})
-
-
 class _Problems(list[InitErrorDetails]):
     # Cross-field rule violations, raised together. pydantic nests a ValidationError raised in a
     # validator under that model's location, so each keeps its own path (flushing.summary_tokens).
 
     def add(self, path: str, reason: str, value: object = None) -> None:
         loc = tuple(path.split(".")) if path else ()
-        self.append(InitErrorDetails(type=_error("rule", reason), loc=loc, input=value))
+        self.append(InitErrorDetails(type=field_error("rule", reason), loc=loc, input=value))
 
     def raise_any(self, title: str) -> None:
         if self:
@@ -110,62 +104,13 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-# --- durations --------------------------------------------------------------------------------
-
-_UNITS_S: Final[dict[str, float]] = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-# "ms" comes before "m" in the alternation so "500ms" is not read as 500 minutes and an "s".
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*")
-_PLAIN_NUMBER = re.compile(r"\d+(?:\.\d+)?")
-
-
-def parse_duration(value: object) -> float:
-    """Return ``value`` in seconds: a number (not ``bool``), ``"0"``, ``"90"``, or a duration
-    such as ``"500ms"``, ``"30s"``, ``"5m"``, ``"24h"``, ``"1d"``, ``"1h30m"``.
-
-    Raises :class:`ValueError` naming the value when it is negative, not finite or not a duration.
-    """
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        # bool is an int, but "ttl: yes" is a typo, not one second.
-        raise ValueError(f"expected seconds or a duration such as '30s', got {value!r}")
-    if isinstance(value, str):
-        text, seconds, pos = value.strip(), 0.0, 0
-        if _PLAIN_NUMBER.fullmatch(text):
-            text += "s"
-        while pos < len(text) and (part := _DURATION_PART.match(text, pos)):
-            seconds, pos = seconds + float(part[1]) * _UNITS_S[part[2]], part.end()
-        if not text or pos < len(text):
-            raise ValueError(f"{value!r} is not a duration such as '500ms', '30s', '5m', '1h30m'")
-    else:
-        try:
-            seconds = float(value)
-        except OverflowError:
-            seconds = math.inf
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"duration {value!r} must be a finite number of seconds >= 0")
-    return seconds
-
-
-def _pydantic_check(kind: str, check: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    # pydantic would prefix a ValueError's message with "Value error, "; a custom error does not.
-    def validate(value: Any) -> Any:
-        try:
-            return check(value)
-        except ValueError as exc:
-            raise _error(kind, str(exc)) from None
-
-    return validate
-
-
-Duration = Annotated[float, BeforeValidator(_pydantic_check("duration", parse_duration))]
-"""Seconds as ``float``; accepts numbers or strings like ``"30s"``, ``"1h30m"``, ``"500ms"``."""
-
 _Ratio = Annotated[float, Field(strict=True, gt=0, le=1)]
 _Share = Annotated[float, Field(strict=True, ge=0, le=1)]
 _PositiveInt = Annotated[int, Field(strict=True, gt=0)]
 _Text = Annotated[str, Field(min_length=1)]
 
 
-_RedactPattern = Annotated[str, AfterValidator(_pydantic_check("pattern", check_redact_pattern))]
+_RedactPattern = Annotated[str, AfterValidator(pydantic_check("pattern", check_redact_pattern))]
 
 
 # --- sections ---------------------------------------------------------------------------------
@@ -240,7 +185,7 @@ class EvictionConfig(_Frozen):
         # Matching is case-insensitive: lower-case once here, not on every message.
         words = tuple(dict.fromkeys(word.strip().lower() for word in value))
         if "" in words:
-            raise _error("keyword", "keywords must not be empty")
+            raise field_error("keyword", "keywords must not be empty")
         return words
 
     @model_validator(mode="after")
@@ -285,7 +230,7 @@ class PersistenceConfig(_Frozen):
     def _redis_only(cls, value: object) -> object:
         if value == "in_memory":
             reason = "'in_memory' is not supported: this engine stores memories in Redis only"
-            raise _error("persistence_type", reason)
+            raise field_error("persistence_type", reason)
         return value
 
     @property
@@ -311,7 +256,7 @@ class PrivacyPolicy(_Frozen):
         if unknown:
             listed = ", ".join(map(repr, unknown))
             reason = f"unknown message type(s) {listed}; known: {', '.join(known)}"
-            raise _error("message_type", reason)
+            raise field_error("message_type", reason)
         return roles
 
 
@@ -329,13 +274,13 @@ class LockingConfig(_Frozen):
     @classmethod
     def _positive(cls, value: float) -> float:
         if value < _MIN_LOCK_TTL_S:
-            raise _error("lock_ttl", f"a lock TTL must be at least 1ms, got {value}s")
+            raise field_error("lock_ttl", f"a lock TTL must be at least 1ms, got {value}s")
         return value
 
     @field_validator("append_ttl", "clear_ttl", mode="before")
     @classmethod
     def _no_lock(cls, value: object) -> None:
-        raise _error(
+        raise field_error(
             "lock_ttl",
             "appends and clears are single atomic Redis scripts and take no lock; remove it",
         )
@@ -365,7 +310,9 @@ class TokenProviderConfig(_Frozen):
     @field_validator("api_key", mode="before")
     @classmethod
     def _no_literal_key(cls, value: object) -> None:
-        raise _error("api_key", "put the key in an environment variable and name it in api_key_env")
+        raise field_error(
+            "api_key", "put the key in an environment variable and name it in api_key_env"
+        )
 
     @field_validator("endpoint")
     @classmethod
@@ -373,7 +320,7 @@ class TokenProviderConfig(_Frozen):
         if value is not None:
             parts = urlsplit(value)
             if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise _error("endpoint", f"must be an http(s) URL, got {value!r}")
+                raise field_error("endpoint", f"must be an http(s) URL, got {value!r}")
         return value
 
 
@@ -456,7 +403,7 @@ class MemoryResource(_Frozen):
             try:
                 _TEMPLATE_ENV.parse(value)
             except TemplateError as exc:
-                raise _error("key_template", f"not a valid template: {exc}") from None
+                raise field_error("key_template", f"not a valid template: {exc}") from None
         return value
 
     @model_validator(mode="after")

@@ -18,6 +18,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         (
             "memory_engine.errors",
             "memory_engine.breaker_events",
+            "memory_engine.durations",
+            "memory_engine.encodings",
             "memory_engine.settings",
             "memory_engine.context_windows",
             "memory_engine.task_contract",
@@ -28,7 +30,6 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "memory_engine.patterns",
             "memory_engine.privacy",
             "memory_engine.tokens",
-            "memory_engine.encodings",
             "memory_engine.registry",
             "memory_engine.migrate",
         ),
