@@ -43,14 +43,16 @@ def up(
 ) -> None:
     """Run worker, Beat and Flower (and an embedded Redis if MEMORY_REDIS_URL is unset) until
     Ctrl-C or SIGTERM, then stop them all."""
+    from memory_engine.tooling.processes import (
+        ShutdownRequested,
+        raise_if_shutdown_requested,
+        shutdown_on_signals,
+    )
     from memory_engine.tooling.services import (
         ServiceError,
         Services,
-        ShutdownRequested,
         describe,
         flower_credentials,
-        raise_if_shutdown_requested,
-        shutdown_on_signals,
     )
 
     settings = cli_settings()
@@ -124,7 +126,7 @@ def demo(
     """Start Redis (unless configured) and a worker, simulate agent conversations, report the
     flushes, then stop everything it started."""
     from memory_engine.tooling import demo as demo_module
-    from memory_engine.tooling.services import (
+    from memory_engine.tooling.processes import (
         ShutdownRequested,
         raise_if_shutdown_requested,
         shutdown_on_signals,

@@ -38,13 +38,12 @@ from memory_engine.tooling.demo_conversations import (
     make_conversation,
 )
 from memory_engine.tooling.embedded_redis import free_port
+from memory_engine.tooling.processes import pid_alive, raise_if_shutdown_requested
 from memory_engine.tooling.services import (
     ServiceError,
     Services,
     describe,
     flower_credentials,
-    pid_alive,
-    raise_if_shutdown_requested,
 )
 from memory_engine.tooling.task_events import TaskEvents, percentile
 

@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from types import TracebackType
 from memory_engine.errors import ConfigError, StoreError, StoreUnavailable
 from memory_engine.store import translate_errors
 from memory_engine.store.connections import ping_url
+from memory_engine.tooling.processes import ManagedProcess
 
 __all__ = ["EmbeddedRedis", "find_redis_server", "free_port"]
 
@@ -76,7 +76,7 @@ class EmbeddedRedis:
         self.password = password
         self.extra_args = extra_args
         self.preexec_fn = preexec_fn
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: ManagedProcess | None = None
 
     @property
     def url(self) -> str:
@@ -110,18 +110,17 @@ class EmbeddedRedis:
         return args + list(self.extra_args)
 
     def start(self) -> EmbeddedRedis:
-        self.proc = subprocess.Popen(
+        self.proc = ManagedProcess.spawn(
+            "redis-server",
             self.command(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
             preexec_fn=self.preexec_fn,
+            stop_timeout_s=STOP_TIMEOUT_S,
         )
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
-            if self.proc.poll() is not None:
+            if not self.proc.alive():
                 raise StoreUnavailable(
-                    f"redis-server exited with code {self.proc.returncode}; "
+                    f"redis-server exited with code {self.proc.popen.returncode}; "
                     f"see {self.data_dir / 'redis.log'}"
                 )
             try:
@@ -137,17 +136,10 @@ class EmbeddedRedis:
             time.sleep(0.02)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop the server (``sig`` to its process group, then SIGKILL after a timeout)."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(STOP_TIMEOUT_S)
-        except ProcessLookupError:
-            pass
+        if proc is not None:
+            proc.stop(sig=sig)
 
     def kill(self) -> None:
         """SIGKILL: simulate a crash (no shutdown save)."""

@@ -13,22 +13,17 @@ child also gets ``PR_SET_PDEATHSIG``, so it is told to stop even if the CLI itse
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import ctypes.util
 import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType, TracebackType
-from typing import Any, TextIO
+from types import TracebackType
+from typing import Any
 
 from pydantic import SecretStr
 
@@ -36,90 +31,36 @@ from memory_engine.errors import ConfigError, MemoryEngineError
 from memory_engine.settings import Settings
 from memory_engine.task_contract import QUEUES
 from memory_engine.tooling.embedded_redis import EmbeddedRedis
+from memory_engine.tooling.processes import (
+    SERVICE_STOP_TIMEOUT_S,
+    ManagedProcess,
+    pdeathsig_preexec,
+    raise_if_shutdown_requested,
+)
 
 __all__ = [
-    "ManagedProcess",
     "ServiceError",
     "Services",
-    "ShutdownRequested",
     "celery_argv",
     "describe",
     "flower_credentials",
-    "pid_alive",
     "redact_url",
     "resolve_resources_dir",
     "service_root",
     "settings_env",
-    "raise_if_shutdown_requested",
-    "shutdown_on_signals",
     "worker_args",
 ]
 
 log = logging.getLogger(__name__)
 
 WORKER_STOP_TIMEOUT_S = 25.0  # above the worker's soft shutdown (10 s): a warm stop finishes tasks
-SERVICE_STOP_TIMEOUT_S = 10.0
-KILL_WAIT_S = 5.0
 WORKER_READY_TIMEOUT_S = 60.0
 PING_TIMEOUT_S = 1.0
-LOG_TAIL_BYTES = 4000
 DEFAULT_WORKER_CONCURRENCY = 2
-_PR_SET_PDEATHSIG = 1
 
 
 class ServiceError(MemoryEngineError):
     """A service process could not start, died, or did not become ready in time."""
-
-
-class ShutdownRequested(BaseException):
-    """Raised in the main thread on Ctrl-C, SIGTERM or SIGHUP so ``finally`` blocks stop the
-    services."""
-
-    def __init__(self, signum: int) -> None:
-        self.signum = signum
-        super().__init__(f"received signal {signal.Signals(signum).name}")
-
-
-_requested_signal: int | None = None
-
-
-@contextlib.contextmanager
-def shutdown_on_signals(
-    signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP),
-) -> Iterator[None]:
-    """Turn ``signals`` into :class:`ShutdownRequested` while the block runs (main thread only).
-
-    The handler raises at once, wherever the main thread is. Python drops an exception raised
-    inside a weakref callback or ``__del__`` (it prints "Exception ignored in ..."), and a signal
-    can land there: a Ctrl-C was once lost that way and the demo ran to its end. So the handler
-    also records the signal, and the waiting loops call :func:`raise_if_shutdown_requested`.
-    """
-    global _requested_signal
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        global _requested_signal
-        _requested_signal = signum
-        raise ShutdownRequested(signum)
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    _requested_signal = None
-    previous = {sig: signal.signal(sig, handler) for sig in signals}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-        _requested_signal = None
-
-
-def raise_if_shutdown_requested() -> None:
-    """Raise :class:`ShutdownRequested` if a signal arrived inside :func:`shutdown_on_signals`
-    (main thread only: other threads stop when the main thread tells them to)."""
-    signum = _requested_signal
-    if signum is not None and threading.current_thread() is threading.main_thread():
-        raise ShutdownRequested(signum)
 
 
 def service_root() -> Path:
@@ -195,132 +136,6 @@ def worker_args(
     return args
 
 
-def pid_alive(pid: int) -> bool:
-    """True if ``pid`` runs and is not a zombie (an exited child nobody reaped yet)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no /proc: trust kill(0)
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    members = _group_members(pgid)
-    # killpg(0) also counts zombies; with /proc we can tell, without it assume alive.
-    return any(pid_alive(pid) for pid in members) if members is not None else True
-
-
-def _group_members(pgid: int) -> list[int] | None:
-    """Pids in process group ``pgid`` (Linux /proc); None where /proc is unavailable."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return None
-    members = []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
-        except OSError:
-            continue
-        # After the command name: state, ppid, pgrp, ...
-        if len(fields) > 2 and int(fields[2]) == pgid:
-            members.append(int(entry.name))
-    return sorted(members)
-
-
-def _pdeathsig_preexec() -> Callable[[], None] | None:
-    """A preexec function asking Linux to TERM the child when its parent dies (best effort).
-
-    The libc function is resolved here, in the parent, so the child does nothing but one call.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    name = ctypes.util.find_library("c")
-    if not name:
-        return None
-    try:
-        prctl = ctypes.CDLL(name, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-    return preexec
-
-
-@dataclass
-class ManagedProcess:
-    """One service subprocess, leader of its own process group."""
-
-    name: str
-    argv: list[str]
-    popen: subprocess.Popen[bytes]
-    log_path: Path | None = None
-    stop_timeout_s: float = SERVICE_STOP_TIMEOUT_S
-    _log_file: TextIO | None = field(default=None, repr=False)
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def pids(self) -> list[int]:
-        """The leader and every live member of its process group (e.g. a worker's pool)."""
-        members = _group_members(self.pid) or []
-        return sorted({self.pid, *members})
-
-    def log_tail(self, limit: int = LOG_TAIL_BYTES) -> str:
-        if self.log_path is None or not self.log_path.exists():
-            return ""
-        data = self.log_path.read_bytes()[-limit:]
-        return data.decode("utf-8", "replace")
-
-    def stop(self, timeout_s: float | None = None) -> int | None:
-        """SIGTERM the group, wait, then SIGKILL whatever is left. Returns the leader's code."""
-        timeout = self.stop_timeout_s if timeout_s is None else timeout_s
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop within %.0f s; killing it", self.name, timeout)
-        # The leader may be gone while its pool children linger: sweep the whole group.
-        deadline = time.monotonic() + KILL_WAIT_S
-        while _group_alive(self.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.pid, signal.SIGKILL)
-            if time.monotonic() > deadline:
-                log.error("process group of %s (%d) survived SIGKILL", self.name, self.pid)
-                break
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.popen.wait(0.05)
-        code = self.popen.poll()
-        if code is None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                code = self.popen.wait(KILL_WAIT_S)
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
-        return code
-
-
 class Services:
     """Starts and stops the service processes of one CLI run. Use as a context manager.
 
@@ -335,7 +150,7 @@ class Services:
         self.redis: EmbeddedRedis | None = None
         self.processes: list[ManagedProcess] = []
         self.extra_env: dict[str, str] = {}
-        self._preexec = _pdeathsig_preexec()
+        self._preexec = pdeathsig_preexec()
 
     # ---- Redis ---------------------------------------------------------------------------
 
@@ -385,32 +200,24 @@ class Services:
     def start(
         self, name: str, argv: list[str], *, stop_timeout_s: float = SERVICE_STOP_TIMEOUT_S
     ) -> ManagedProcess:
-        log_path: Path | None = None
-        log_file: TextIO | None = None
-        if self.log_dir is not None:
-            log_path = self.log_dir / f"{name}.log"
-            log_file = log_path.open("a", encoding="utf-8")
+        log_path = self.log_dir / f"{name}.log" if self.log_dir is not None else None
         try:
-            popen = subprocess.Popen(
+            proc = ManagedProcess.spawn(
+                name,
                 argv,
                 cwd=service_root(),
                 env=self.child_env(),
-                stdin=subprocess.DEVNULL,
+                log_path=log_path,
                 # Without a log file, children write to our stderr: stdout stays the CLI's own
                 # (``up --json`` prints JSON Lines there).
-                stdout=log_file if log_file is not None else sys.stderr.fileno(),
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                # Resolved before fork: the child runs one prctl call and nothing else.
+                stdout=sys.stderr.fileno(),
                 preexec_fn=self._preexec,
+                stop_timeout_s=stop_timeout_s,
             )
         except OSError as exc:
-            if log_file is not None:
-                log_file.close()
             raise ServiceError(f"could not start {name}: {exc}") from exc
-        proc = ManagedProcess(name, argv, popen, log_path, stop_timeout_s, log_file)
         self.processes.append(proc)
-        log.info("started %s (pid %d)", name, popen.pid)
+        log.info("started %s (pid %d)", name, proc.pid)
         return proc
 
     def start_worker(

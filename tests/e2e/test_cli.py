@@ -23,7 +23,7 @@ from memory_engine.client import MemoryClient
 from memory_engine.settings import Settings
 from memory_engine.task_contract import QUEUES
 from memory_engine.tooling.embedded_redis import free_port
-from memory_engine.tooling.services import pid_alive
+from memory_engine.tooling.processes import pid_alive
 from tests.fixtures_worker import broker_url_for, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from memory_engine.tooling.services import pid_alive
+from memory_engine.tooling.processes import pid_alive
 from memory_engine.tooling.task_events import TaskEvents, percentile
 from tests.fixtures_worker import broker_url_for, wait_for
 

@@ -17,7 +17,8 @@ from memory_engine.keys import KeySpace
 from memory_engine.settings import Settings
 from memory_engine.task_contract import QUEUES
 from memory_engine.tooling.health import CheckStatus, beat_status, check_health
-from memory_engine.tooling.services import Services, pid_alive
+from memory_engine.tooling.processes import pid_alive
+from memory_engine.tooling.services import Services
 from tests.fixtures_worker import broker_url_for, wait_for
 
 BEAT_BROKER_DB = 8  # nothing consumes here

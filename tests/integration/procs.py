@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from types import TracebackType
 
 from memory_engine.settings import Settings
 from memory_engine.tooling.embedded_redis import EmbeddedRedis
+from memory_engine.tooling.processes import ManagedProcess
 
 __all__ = [
     "ROOT",
@@ -80,7 +80,9 @@ def private_broker() -> Iterator[str]:
 
 
 class ServiceProcess:
-    """One service subprocess in its own process group, logging to ``log_path``."""
+    """One service subprocess in its own process group (a
+    :class:`~memory_engine.tooling.processes.ManagedProcess`, as the CLI runs them), logging to
+    ``log_path``."""
 
     def __init__(self, args: list[str], env: Mapping[str, str], log_path: Path) -> None:
         self.args = args
@@ -88,63 +90,49 @@ class ServiceProcess:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(_INHERITED_PREFIXES)}
         self.env.update(env)
         self.env["PYTHONUNBUFFERED"] = "1"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.managed: ManagedProcess | None = None
 
     # --- lifecycle
     def start(self) -> ServiceProcess:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.args,
-                cwd=ROOT,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.managed = ManagedProcess.spawn(
+            self.describe(),
+            self.args,
+            cwd=ROOT,
+            env=self.env,
+            log_path=self.log_path,
+            stop_timeout_s=STOP_TIMEOUT_S,
+        )
         return self
 
     @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.managed.popen if self.managed is not None else None
+
+    @property
     def pid(self) -> int:
-        if self.proc is None:
+        if self.managed is None:
             raise RuntimeError("not started")
-        return self.proc.pid
+        return self.managed.pid
 
     @property
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.managed is not None and self.managed.alive()
 
     def kill(self) -> None:
         """SIGKILL the whole process group (main process and pool children): a crash."""
-        self._signal_group(signal.SIGKILL)
-        self.wait(STOP_TIMEOUT_S)
+        if self.managed is not None:
+            self.managed.kill()
 
     def stop(self) -> None:
-        """SIGTERM the group (Celery's warm shutdown), then SIGKILL what is left."""
-        if self.alive:
-            self._signal_group(signal.SIGTERM)
-            try:
-                self.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                pass
-        # Pool children that outlived their parent would keep consuming: reap the whole group.
-        self._signal_group(signal.SIGKILL)
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.wait(STOP_TIMEOUT_S)
+        """SIGTERM the group (Celery's warm shutdown), then SIGKILL what is left (pool children
+        that outlived their parent would keep consuming)."""
+        if self.managed is not None:
+            self.managed.stop()
 
     def wait(self, timeout_s: float) -> int:
-        if self.proc is None:
+        if self.managed is None:
             raise RuntimeError("not started")
-        return self.proc.wait(timeout_s)
-
-    def _signal_group(self, sig: int) -> None:
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, 0)  # probe: is anything left in our group?
-            os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:
-            pass
+        return self.managed.popen.wait(timeout_s)
 
     @property
     def returncode(self) -> int | None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from memory_engine.tooling.services import (
+from memory_engine.tooling.processes import (
     ShutdownRequested,
     raise_if_shutdown_requested,
     shutdown_on_signals,
