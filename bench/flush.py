@@ -34,7 +34,6 @@ from typing import Any
 
 import redis
 from common import (
-    ROOT,
     Contender,
     Report,
     Target,
@@ -51,6 +50,7 @@ from common import (
 from memory_engine.client import Memory, MemoryClient
 from memory_engine.engine.flush import FlushStatus, flush_memory
 from memory_engine.store import PendingMessage
+from memory_engine.tooling.services import spawn_worker
 
 MEMORY_LENGTH = 1_000
 FILL_BATCH = 500
@@ -61,9 +61,8 @@ WORKER_ROUNDS = 3  # worker blocks per strategy, alternating; the median is repo
 STRATEGIES = {"simple_fifo": "bench-fifo", "hybrid_summary": "bench-hybrid"}
 
 _LLM_SERVER_SCRIPT = """
-import sys, time
-sys.path.insert(0, sys.argv[1])
-from tests.llm_server import running_llm_server
+import sys
+from memory_engine.tooling.loopback_llm import running_llm_server
 with running_llm_server() as server:
     server.mode = "ok"
     print(server.openai_base_url, flush=True)
@@ -75,7 +74,7 @@ with running_llm_server() as server:
 def llm_server_process() -> Iterator[str]:
     """The loopback OpenAI-compatible server in a child process; yields its base URL."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", _LLM_SERVER_SCRIPT, str(ROOT)],
+        [sys.executable, "-c", _LLM_SERVER_SCRIPT],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -176,15 +175,9 @@ def worker_section(
     rounds: int,
     report: Report,
 ) -> dict[str, float]:
-    sys.path.insert(0, str(ROOT))
-    from tests.integration.procs import memory_env, worker_process
-
-    settings = factory.client.settings
-    env = memory_env(
+    settings = factory.client.settings.replace(
         redis_url=url,
-        broker_url=settings.broker_dsn(),
-        key_prefix=settings.key_prefix,
-        resources_dir=settings.resources_dir,
+        broker_url=factory.client.settings.broker_dsn(),
         summarizer_provider="openai",
         summarizer_base_url=llm_url,
         summarizer_model="bench-model",
@@ -193,25 +186,23 @@ def worker_section(
     r = factory.client.redis
     samples: dict[str, list[tuple[float, float, int]]] = {s: [] for s in STRATEGIES}
     with tempfile.TemporaryDirectory(prefix="bench-worker-") as tmp:
-        worker = worker_process(
-            env,
+        # WARNING, as a production worker would run; -E: task events on, as in production.
+        worker = spawn_worker(
+            settings,
             Path(tmp) / "worker.log",
-            queues="memory.flush,memory.summarize",
-            name=f"bench{os.getpid()}",
-            concurrency=1,
+            queues=("memory.flush", "memory.summarize"),
+            nodename=f"bench{os.getpid()}@%h",
+            extra_args=("-E",),
         )
-        # INFO logs a line per task; WARNING is what a production worker would run with.
-        worker.args = [a if a != "--loglevel=INFO" else "--loglevel=WARNING" for a in worker.args]
-        worker.args.append("-E")
-        with worker:
+        try:
             console.print("[bold]worker[/bold]: starting celery -A worker worker -c 1 ...")
             warm = factory.make("bench-fifo", 2)
             deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
             for m in warm:
                 m.request_flush()
             while r.zcard(factory.client.keyspace.pending_index):
-                if time.monotonic() > deadline or not worker.alive:
-                    raise RuntimeError(f"worker did not start:\n{worker.tail()}")
+                if time.monotonic() > deadline or not worker.alive():
+                    raise RuntimeError(f"worker did not start:\n{worker.log_tail()}")
                 time.sleep(0.05)
             order = list(STRATEGIES.items())
             for round_no in range(rounds):
@@ -221,6 +212,8 @@ def worker_section(
                     memories = factory.make(resource_id, n[strategy])
                     console.print(f"  round {round_no + 1}, {strategy}: {len(memories)} memories")
                     samples[strategy].append(_drain(factory, worker, memories))
+        finally:
+            worker.stop()
     rates: dict[str, float] = {}
     for strategy, runs in samples.items():
         per_s = [len_ / elapsed for _, elapsed, len_ in runs]
@@ -252,8 +245,8 @@ def _drain(factory: MemoryFactory, worker: Any, memories: list[Memory]) -> tuple
     enqueued = time.perf_counter() - start
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while r.zcard(factory.client.keyspace.pending_index):
-        if time.monotonic() > deadline or not worker.alive:
-            raise RuntimeError(f"flushes did not drain:\n{worker.tail()}")
+        if time.monotonic() > deadline or not worker.alive():
+            raise RuntimeError(f"flushes did not drain:\n{worker.log_tail()}")
         time.sleep(0.005)
     elapsed = time.perf_counter() - start
     left = [m.stats().message_count for m in memories]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 import uuid
@@ -24,14 +23,12 @@ from pathlib import Path
 import redis
 from celery import Celery
 from celery.result import AsyncResult
-from common import ROOT, Report, Target, bench_settings, console, delete_prefix, redis_server
-
-sys.path.insert(0, str(ROOT))
+from common import Report, Target, bench_settings, console, delete_prefix, redis_server
 
 from memory_engine.client import MemoryClient
 from memory_engine.task_contract import QUEUE_SUMMARIZE, TASK_SUMMARIZE
-from tests.integration.procs import memory_env, worker_process
-from tests.llm_server import running_llm_server
+from memory_engine.tooling.loopback_llm import running_llm_server
+from memory_engine.tooling.services import spawn_worker
 
 RESOURCE = """
 resource: memory
@@ -75,27 +72,19 @@ def measure(
         summarizer_model="bench-model",
         summarizer_timeout_s=RESULT_TIMEOUT_S,
     )
-    env = memory_env(
-        redis_url=url,
-        broker_url=settings.broker_dsn(),
-        key_prefix=settings.key_prefix,
-        resources_dir=settings.resources_dir,
-        summarizer_provider="openai",
-        summarizer_base_url=llm_url,
-        summarizer_model="bench-model",
-        summarizer_timeout_s=RESULT_TIMEOUT_S,
-    )
-    worker = worker_process(
-        env,
+    worker = spawn_worker(
+        settings.replace(redis_url=url, broker_url=settings.broker_dsn()),
         tmp / f"worker-{pool}-{concurrency}.log",
-        queues=QUEUE_SUMMARIZE,
-        name=f"bench-pool-{os.getpid()}-{pool}{concurrency}",
+        queues=(QUEUE_SUMMARIZE,),
+        nodename=f"bench-pool-{os.getpid()}-{pool}{concurrency}@%h",
         concurrency=concurrency,
         pool=pool,
+        loglevel="INFO",  # the "ready." line
     )
     app = Celery("bench-pool", broker=settings.broker_dsn(), backend=settings.broker_dsn())
     app.conf.update(accept_content=["json"], result_accept_content=["json"])
-    with worker, MemoryClient(settings) as client:  # entering starts the worker, leaving stops it
+    try:
+        client = MemoryClient(settings)
         worker.wait_for_log(r"ready\.", timeout_s=READY_TIMEOUT_S)
         keys = fill(client, memories)
         started = time.perf_counter()
@@ -107,6 +96,9 @@ def measure(
         elapsed = time.perf_counter() - started
         with redis.Redis.from_url(url) as r:
             delete_prefix(r, settings.key_prefix)
+        client.close()
+    finally:
+        worker.stop()
     app.close()
     by_llm = sum(1 for r in results if r.get("summary_source") == "openai")
     return memories / elapsed, by_llm

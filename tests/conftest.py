@@ -17,6 +17,7 @@ import redis
 from memory_engine.client import MemoryClient
 from memory_engine.settings import Settings
 from memory_engine.tooling.embedded_redis import EmbeddedRedis
+from memory_engine.tooling.loopback_llm import FakeLLMServer, running_llm_server
 
 # The in-process Celery worker and its settings, shared by integration and end-to-end tests.
 pytest_plugins = ["fixtures_worker"]
@@ -63,3 +64,10 @@ def settings(redis_url: str, key_prefix: str) -> Settings:
 def client(settings: Settings) -> Iterator[MemoryClient]:
     with MemoryClient(settings) as c:
         yield c
+
+
+@pytest.fixture(name="llm_server")
+def llm_server_fixture() -> Iterator[FakeLLMServer]:
+    """A fresh loopback LLM provider per test (OpenAI and Anthropic APIs)."""
+    with running_llm_server() as server:
+        yield server

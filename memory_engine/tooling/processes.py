@@ -226,6 +226,27 @@ class ManagedProcess:
         members = _group_members(self.pid) or []
         return sorted({self.pid, *members})
 
+    def wait_for_log(self, pattern: str, timeout_s: float) -> str:
+        """Poll the log file until the regex ``pattern`` appears; return the match. Raises
+        :class:`RuntimeError` (with the log's tail) when the process exits or time runs out."""
+        import re
+
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            text = self.log_path.read_text(errors="replace") if self.log_path else ""
+            found = regex.search(text)
+            if found:
+                return found.group(0)
+            if not self.alive():
+                raise RuntimeError(
+                    f"{self.name} exited ({self.popen.returncode}) before logging {pattern!r}:\n"
+                    f"{self.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}: no {pattern!r} after {timeout_s}s")
+            time.sleep(0.05)
+
     def log_tail(self, limit: int = LOG_TAIL_BYTES) -> str:
         if self.log_path is None or not self.log_path.exists():
             return ""

@@ -48,6 +48,7 @@ __all__ = [
     "resolve_resources_dir",
     "service_root",
     "settings_env",
+    "spawn_worker",
     "worker_args",
 ]
 
@@ -134,6 +135,35 @@ def worker_args(
     if nodename:
         args += ["-n", nodename]
     return args
+
+
+def spawn_worker(
+    settings: Settings,
+    log_path: Path,
+    *,
+    queues: Sequence[str] = QUEUES,
+    concurrency: int = 1,
+    pool: str = "prefork",
+    nodename: str | None = None,
+    loglevel: str = "WARNING",
+    extra_args: Sequence[str] = (),
+) -> ManagedProcess:
+    """A ``celery -A worker worker`` process built from ``settings`` (benchmarks and one-off
+    runs; :class:`Services` supervises the CLI's). Ready once its log says ``ready.``."""
+    argv = celery_argv(
+        "worker",
+        *worker_args(queues=queues, concurrency=concurrency, loglevel=loglevel, nodename=nodename),
+        "-P",
+        pool,
+        # Mingle and gossip talk to other workers; a lone worker only pays their start-up.
+        "--without-mingle",
+        "--without-gossip",
+        *extra_args,
+    )
+    env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
+    return ManagedProcess.spawn(
+        nodename or "worker", argv, cwd=service_root(), env=env, log_path=log_path
+    )
 
 
 class Services:

@@ -26,6 +26,7 @@ import redis
 from memory_engine.client import Memory, MemoryClient
 from memory_engine.task_contract import QUEUE_FLUSH, QUEUE_SUMMARIZE, TASK_FLUSH, TASK_SUMMARIZE
 from memory_engine.tooling.embedded_redis import EmbeddedRedis
+from memory_engine.tooling.loopback_llm import running_llm_server
 from tests.fixtures_worker import wait_for
 from tests.integration.helpers import ctx
 from tests.integration.procs import (
@@ -36,7 +37,6 @@ from tests.integration.procs import (
     task_ids,
     worker_process,
 )
-from tests.llm_server import running_llm_server
 
 pytestmark = pytest.mark.slow
 

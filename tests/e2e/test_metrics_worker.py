@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from memory_engine.client import Memory, MemoryClient
 from memory_engine.task_contract import QUEUES, TASK_CLEANUP, TASK_EVICT, TASK_FLUSH
 from memory_engine.tooling.embedded_redis import free_port
+from memory_engine.tooling.loopback_llm import FakeLLMServer, running_llm_server
 from tests.fixtures_worker import broker_url_for, wait_for
 from tests.integration.helpers import ctx
 from tests.integration.procs import (
@@ -35,7 +36,6 @@ from tests.integration.procs import (
     settings_from_env,
     worker_process,
 )
-from tests.llm_server import FakeLLMServer, running_llm_server
 
 METRICS_BROKER_DB = 13  # this module's worker is the only consumer here
 FLUSHES = 4

@@ -24,6 +24,7 @@ from memory_engine.client import Memory, MemoryClient
 from memory_engine.summarizers import FALLBACK_SOURCE
 from memory_engine.task_contract import QUEUE_SUMMARIZE, TASK_SUMMARIZE
 from memory_engine.tooling.embedded_redis import free_port
+from memory_engine.tooling.loopback_llm import FakeLLMServer, running_llm_server
 from tests.fixtures_worker import wait_for
 from tests.integration.accounting import Ledger, assert_all_accounted
 from tests.integration.helpers import ctx
@@ -36,7 +37,6 @@ from tests.integration.procs import (
     settings_from_env,
     worker_process,
 )
-from tests.llm_server import FakeLLMServer, running_llm_server
 
 THREADS = 16
 LLM_LATENCY_S = 0.5

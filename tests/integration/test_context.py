@@ -15,7 +15,7 @@ from memory_engine.client import Memory, MemoryClient
 from memory_engine.engine.context import SUMMARY_NOTICE, _select
 from memory_engine.messages import Message
 from memory_engine.settings import Settings
-from tests.llm_server import running_llm_server
+from memory_engine.tooling.loopback_llm import running_llm_server
 
 from .helpers import client_with, ctx, resource
 

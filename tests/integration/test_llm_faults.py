@@ -38,8 +38,8 @@ from memory_engine.keys import KeySpace
 from memory_engine.settings import Settings
 from memory_engine.summarizers import FALLBACK_SOURCE
 from memory_engine.task_contract import QUEUE_FLUSH, QUEUE_SUMMARIZE
+from memory_engine.tooling.loopback_llm import FakeLLMServer, running_llm_server
 from tests.fixtures_worker import broker_url_for, wait_for
-from tests.llm_server import FakeLLMServer, running_llm_server
 
 from .helpers import client_with, ctx, resource
 from .procs import memory_env, running, settings_from_env, worker_process

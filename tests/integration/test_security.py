@@ -30,8 +30,8 @@ from memory_engine.keys import PROJECT_ID_PATTERN, KeySpace, project_of, render_
 from memory_engine.settings import Settings
 from memory_engine.task_contract import QUEUE_FLUSH, QUEUES, TASK_EVICT, TASK_FLUSH, TASK_SUMMARIZE
 from memory_engine.tooling.embedded_redis import EmbeddedRedis
+from memory_engine.tooling.loopback_llm import FakeLLMServer, running_llm_server
 from tests.fixtures_worker import wait_for
-from tests.llm_server import FakeLLMServer, running_llm_server
 
 from .helpers import client_with, ctx, resource
 from .procs import memory_env, running, worker_process

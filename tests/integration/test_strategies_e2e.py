@@ -19,8 +19,8 @@ import pytest
 from memory_engine.client import MemoryClient
 from memory_engine.engine.context import SUMMARY_NOTICE
 from memory_engine.settings import Settings
+from memory_engine.tooling.loopback_llm import FakeLLMServer, running_llm_server
 from tests.fixtures_worker import wait_for
-from tests.llm_server import FakeLLMServer, running_llm_server
 
 from .helpers import client_with, ctx, resource
 

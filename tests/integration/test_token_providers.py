@@ -21,7 +21,6 @@ import redis
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
-from llm_server import FakeLLMServer, llm_server_fixture
 
 from memory_engine.breakers import BreakerState
 from memory_engine.client import MemoryClient
@@ -49,8 +48,7 @@ from memory_engine.tokens import (
     compact_json,
     counter_for,
 )
-
-__all__ = ["llm_server_fixture"]  # the fixture is used by name
+from memory_engine.tooling.loopback_llm import FakeLLMServer
 
 KEY = "sk-ant-api03-test-9f8e7d6c5b4a"
 KEY_ENV = "MEMORY_TEST_ANTHROPIC_KEY"

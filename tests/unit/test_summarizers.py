@@ -12,7 +12,6 @@ import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from llm_server import MODES, FakeLLMServer, llm_server_fixture, running_llm_server
 from pydantic import SecretStr
 
 from memory_engine.errors import ConfigError, SummarizerError
@@ -33,8 +32,7 @@ from memory_engine.summarizers import (
 )
 from memory_engine.summarizers.prompt import render_messages
 from memory_engine.tokens import TokenCounter, counter_for
-
-__all__ = ["llm_server_fixture"]  # re-exported so pytest registers the `llm_server` fixture
+from memory_engine.tooling.loopback_llm import MODES, FakeLLMServer, running_llm_server
 
 KEY = "sk-test-SECRET-0123456789abcdef"
 FAILURE_MODES = ["error500", "error401", "malformed", "empty", "none", "truncated", "non_text"]

@@ -1,4 +1,5 @@
-"""A real HTTP server on loopback speaking the OpenAI and Anthropic APIs, for tests and benchmarks.
+"""A real HTTP server on loopback speaking the OpenAI and Anthropic APIs: the LLM of tests,
+benchmarks and offline demos (the machines that run them have no internet).
 
 Endpoints:
 - ``POST /v1/chat/completions`` (OpenAI shape; use ``server.openai_base_url``),
@@ -38,13 +39,10 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import pytest
-
 __all__ = [
     "MODES",
     "FakeLLMServer",
     "RecordedRequest",
-    "llm_server_fixture",
     "running_llm_server",
     "word_count",
 ]
@@ -368,10 +366,3 @@ def running_llm_server() -> Iterator[FakeLLMServer]:
         yield server
     finally:
         server.stop()
-
-
-@pytest.fixture(name="llm_server")
-def llm_server_fixture() -> Iterator[FakeLLMServer]:
-    """Pytest fixture ``llm_server``: a fresh fake provider per test."""
-    with running_llm_server() as server:
-        yield server
