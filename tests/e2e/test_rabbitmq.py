@@ -48,6 +48,7 @@ from memory_engine.task_contract import (
     TASK_FLUSH,
 )
 from memory_engine.tooling.embedded_redis import EmbeddedRedis
+from memory_engine.tooling.health import CheckStatus, check_health
 from tests.fixtures_worker import wait_for
 from tests.integration.helpers import ctx
 from tests.integration.procs import (
@@ -211,6 +212,15 @@ def test_one_task_per_crossing_then_a_worker_flushes_with_results_in_redis(
     assert {name: (q["durable"], q["type"]) for name, q in queues.items() if name in QUEUES} == {
         name: (True, "classic") for name in QUEUES
     }
+
+    report = check_health(service.settings, ping_timeout_s=2.0)
+    assert report.get("broker").status is CheckStatus.OK, report.as_dict()
+    assert "amqp" in report.get("broker").detail.lower()
+    assert report.get("workers").data["count"] == 1
+    queues = report.get("queues")
+    assert (queues.status, queues.data["total"]) == (CheckStatus.OK, 0), report.as_dict()
+    assert report.get("beat").status is CheckStatus.UNKNOWN  # read from the data Redis
+    assert report.healthy
 
     # Results live in Redis: by default the data Redis, since the broker is not Redis.
     conf = build_celery_config(service.settings)
