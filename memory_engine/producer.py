@@ -3,9 +3,14 @@
 A minimal Celery app (no tasks, JSON only) is built on first use: a memory that never crosses its
 threshold never touches the broker.
 
-Publishing goes through a circuit breaker, ``broker.redis@<host>[:<port>]``
-(:mod:`memory_engine.breakers`; state shared in the memory Redis when the producer is given
-one, exported as ``memory_engine_breaker_state``). A hung broker costs one publish timeout
+The producer declares the engine's queues exactly as the workers do (:func:`task_queues`):
+on RabbitMQ a publish to a queue nobody declared yet is dropped, and a redeclaration with other
+arguments (``x-queue-type``) is refused by the broker.
+
+Publishing goes through a circuit breaker named after the broker,
+``broker.redis@<host>[:<port>]`` or ``broker.amqp@<host>[:<port>]``
+(:mod:`memory_engine.breakers`; state shared in the memory Redis when the producer is given one,
+exported as ``memory_engine_breaker_state``). A hung broker costs one publish timeout
 (:attr:`TaskProducer.publish_timeout_s`), then the breaker opens after that single failure
 (:data:`PUBLISH_BREAKER_FAIL_MAX`: a publish already retries inside) and every publish in every
 process sharing it fails at once with :class:`~memory_engine.errors.BrokerUnavailable`
@@ -21,9 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 from memory_engine.errors import BrokerUnavailable
 from memory_engine.settings import Settings
-from memory_engine.task_contract import TASK_ROUTES
+from memory_engine.task_contract import QUEUES, TASK_ROUTES
 
 if TYPE_CHECKING:
+    from kombu.entity import Queue
+
     from memory_engine.breakers import SharedCircuitBreaker
     from memory_engine.store.connections import RedisClient
 
@@ -32,6 +39,7 @@ __all__ = [
     "SHOWN_TASK_ARGUMENTS",
     "TaskProducer",
     "task_kwargsrepr",
+    "task_queues",
 ]
 
 log = logging.getLogger(__name__)
@@ -53,6 +61,47 @@ def task_kwargsrepr(kwargs: dict[str, Any]) -> str:
     only. Tasks never carry message content; masking every other name keeps it so if one ever
     gains an argument that could."""
     return repr({k: v if k in SHOWN_TASK_ARGUMENTS else "<hidden>" for k, v in kwargs.items()})
+
+
+def task_queues(settings: Settings) -> list[Queue]:
+    """The engine's queues as the client and every worker declare them: durable (they survive a
+    broker restart; kombu's default, stated here), each with its own direct exchange; on
+    RabbitMQ of ``settings.broker_queue_type`` (``x-queue-type``: ``quorum`` replicates the queue
+    over the cluster's nodes). Redis has no queue arguments."""
+    from kombu.entity import Exchange, Queue  # deferred with Celery: only a publish needs kombu
+
+    arguments = (
+        {"x-queue-type": settings.broker_queue_type} if settings.broker_kind() == "amqp" else None
+    )
+    return [
+        Queue(  # type: ignore[no-untyped-call]
+            name,
+            Exchange(name, type="direct", durable=True),  # type: ignore[no-untyped-call]
+            routing_key=name,
+            durable=True,
+            queue_arguments=arguments,
+        )
+        for name in QUEUES
+    ]
+
+
+def publish_transport_options(settings: Settings) -> dict[str, Any]:
+    """kombu transport options of the publishing connection, per broker kind.
+
+    RabbitMQ: publisher confirms (a publish returns once the broker has taken the message, so an
+    acknowledged append's flush is not lost in a socket buffer) and bounded socket reads and
+    writes (a hung broker costs :attr:`TaskProducer.publish_timeout_s`, as on Redis)."""
+    if settings.broker_kind() == "amqp":
+        return {
+            "confirm_publish": True,
+            "read_timeout": settings.socket_timeout_s,
+            "write_timeout": settings.socket_timeout_s,
+        }
+    return {
+        "visibility_timeout": settings.visibility_timeout_s,
+        "socket_timeout": settings.socket_timeout_s,
+        "socket_connect_timeout": settings.socket_connect_timeout_s,
+    }
 
 
 class TaskProducer:
@@ -79,7 +128,9 @@ class TaskProducer:
                     from memory_engine.breakers import breaker_name, build_breaker
 
                     self._breaker = build_breaker(
-                        breaker_name("broker", "redis", self._settings.broker_dsn()),
+                        breaker_name(
+                            "broker", self._settings.broker_kind(), self._settings.broker_dsn()
+                        ),
                         self._settings,
                         failures=(BrokerUnavailable,),
                         redis=self._redis,
@@ -110,14 +161,12 @@ class TaskProducer:
                         accept_content=["json"],
                         result_serializer="json",
                         task_routes=TASK_ROUTES,
+                        task_queues=task_queues(self._settings),
+                        task_create_missing_queues=False,
                         task_send_sent_event=True,
                         broker_connection_timeout=self._settings.socket_connect_timeout_s,
                         broker_connection_retry_on_startup=True,
-                        broker_transport_options={
-                            "visibility_timeout": self._settings.visibility_timeout_s,
-                            "socket_timeout": self._settings.socket_timeout_s,
-                            "socket_connect_timeout": self._settings.socket_connect_timeout_s,
-                        },
+                        broker_transport_options=publish_transport_options(self._settings),
                     )
                     self._app = app
         return self._app
@@ -156,6 +205,31 @@ class TaskProducer:
         except Exception as exc:  # kombu raises OperationalError and friends
             raise BrokerUnavailable(f"could not publish {name}: {exc}") from exc
         return str(result.id)
+
+    def queue_depths(self) -> dict[str, int]:
+        """Messages ready in each engine queue as RabbitMQ counts them (a passive
+        ``queue.declare``; a queue nobody declared yet holds none). For a RabbitMQ broker; on
+        Redis a queue is a list (``store.inspect.queue_lengths``).
+
+        Raises :class:`~memory_engine.errors.BrokerUnavailable` when the broker does not answer.
+        """
+        depths: dict[str, int] = {}
+        conn = self.app.connection_for_read()
+        try:
+            conn.ensure_connection(max_retries=1, timeout=self._settings.socket_connect_timeout_s)
+            for name in QUEUES:
+                channel = conn.channel()
+                try:
+                    depths[name] = int(channel.queue_declare(queue=name, passive=True)[1])
+                except conn.channel_errors:  # 404: not declared yet (the channel is closed)
+                    depths[name] = 0
+                finally:
+                    channel.close()
+        except conn.connection_errors as exc:
+            raise BrokerUnavailable(f"could not read the queue depths: {exc}") from exc
+        finally:
+            conn.release()
+        return depths
 
     def close(self) -> None:
         if self._app is not None:

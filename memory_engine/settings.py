@@ -59,6 +59,11 @@ MAX_INTERVAL_S = 7 * 24 * 3600.0
 REDIS_URL_SCHEMES = ("redis", "rediss", "unix")
 """Schemes of ``MEMORY_REDIS_URL`` (those redis-py connects with); ``unix:///path`` is a socket."""
 
+BrokerKind = Literal["redis", "amqp", "other"]
+AMQP_URL_SCHEMES = ("amqp", "amqps", "pyamqp")
+"""Broker schemes of RabbitMQ (kombu's py-amqp transport; ``amqps`` is TLS)."""
+STANDALONE_REDIS_MODE = "standalone"
+
 
 class Settings(BaseSettings):
     """Every knob of the engine and its service processes. Env prefix ``MEMORY_``."""
@@ -75,9 +80,31 @@ class Settings(BaseSettings):
         "`memory-engine demo`/`up` start an embedded Redis instead. rediss:// enables TLS.",
     )
     broker_url: SecretStr | None = Field(
-        default=None, description="Celery broker; defaults to the Redis URL."
+        default=None,
+        description="Celery broker: Redis (redis://, rediss://, unix://) or RabbitMQ (amqp://, "
+        "amqps://). Unset: the Redis URL.",
     )
     redis_max_connections: int = Field(default=64, ge=1)
+
+    # --- broker side: result backend, RedBeat store, RabbitMQ queues (see docs/operations.md,
+    # "Brokers"). The data-Redis topology (standalone, cluster, sentinel) is another block.
+    result_backend_url: SecretStr | None = Field(
+        default=None,
+        description="Redis for Celery task results. Unset: the broker when it is Redis, else "
+        "the data Redis when it is standalone; must be set when the data store is a Cluster "
+        "or behind Sentinel and the broker is not Redis.",
+    )
+    beat_redis_url: SecretStr | None = Field(
+        default=None,
+        description="Redis for celery-redbeat's schedule and lock. Unset: as "
+        "result_backend_url (the broker when it is Redis, else the standalone data Redis).",
+    )
+    broker_queue_type: Literal["classic", "quorum"] = Field(
+        default="classic",
+        description="RabbitMQ queue type of the engine's queues (x-queue-type): quorum queues "
+        "are replicated (HA). A queue's type is fixed when it is first declared. Ignored for a "
+        "Redis broker.",
+    )
     socket_timeout_s: float = Field(
         default=DEFAULT_SOCKET_TIMEOUT_S, gt=0, le=MAX_SOCKET_TIMEOUT_S, allow_inf_nan=False
     )
@@ -191,6 +218,13 @@ class Settings(BaseSettings):
                 _check_url_shape(url)
         return value
 
+    @field_validator("result_backend_url", "beat_redis_url")
+    @classmethod
+    def _service_redis_url_parses(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_redis_url(value.get_secret_value())
+        return value
+
     @model_validator(mode="after")
     def _limits_are_ordered(self) -> Settings:
         if self.task_soft_time_limit_s >= self.task_time_limit_s:
@@ -222,6 +256,23 @@ class Settings(BaseSettings):
         ``redis+socket:///path?virtual_host=N`` (kombu's name for a Redis Unix socket)."""
         return kombu_url(self.broker_dsn())
 
+    def broker_kind(self) -> BrokerKind:
+        """``redis`` (kombu's Redis transport), ``amqp`` (RabbitMQ) or ``other`` (another kombu
+        transport: no engine feature depends on it)."""
+        return broker_kind(self.broker_dsn())
+
+    def result_backend_dsn(self) -> str:
+        """Redis URL of Celery's result backend (see :func:`service_redis_default`)."""
+        if self.result_backend_url is not None:
+            return self.result_backend_url.get_secret_value()
+        return service_redis_default(self, "MEMORY_RESULT_BACKEND_URL")
+
+    def beat_redis_dsn(self) -> str:
+        """Redis URL of celery-redbeat's schedule and lock (see :func:`service_redis_default`)."""
+        if self.beat_redis_url is not None:
+            return self.beat_redis_url.get_secret_value()
+        return service_redis_default(self, "MEMORY_BEAT_REDIS_URL")
+
     @property
     def visibility_timeout_s(self) -> int:
         """Longer than the longest hard time limit, so a running task is never redelivered
@@ -229,6 +280,37 @@ class Settings(BaseSettings):
         if self.broker_visibility_timeout_s is not None:
             return self.broker_visibility_timeout_s
         return self.task_time_limit_s * 2 + 60
+
+
+def broker_kind(url: str) -> BrokerKind:
+    scheme = urlsplit(url).scheme
+    if scheme in REDIS_URL_SCHEMES:
+        return "redis"
+    return "amqp" if scheme in AMQP_URL_SCHEMES else "other"
+
+
+def data_redis_mode(settings: Settings) -> str:
+    """``MEMORY_REDIS_MODE`` (the data-Redis block's field ``redis_mode``); ``standalone`` in a
+    build without it."""
+    return str(getattr(settings, "redis_mode", STANDALONE_REDIS_MODE))
+
+
+def service_redis_default(settings: Settings, variable: str) -> str:
+    """The Redis the service keeps results and Beat's schedule in when ``variable`` is unset:
+    the broker when it is Redis (a standalone server kombu already talks to), else the data
+    Redis when it is standalone. A Cluster (or Sentinel-managed) data store is not a URL that
+    Celery's Redis backend or RedBeat can use: then the variable must be set, and this raises
+    :class:`ConfigError` saying so."""
+    if settings.broker_kind() == "redis":
+        return settings.broker_dsn()
+    mode = data_redis_mode(settings)
+    if mode == STANDALONE_REDIS_MODE:
+        return settings.redis_dsn()
+    raise ConfigError(
+        f"{variable} must be set: the broker is not Redis and the data Redis is in {mode} mode "
+        f"(MEMORY_REDIS_MODE={mode}), which Celery's result backend and RedBeat cannot use; "
+        f"set it to a standalone Redis, e.g. redis://host:6379/1"
+    )
 
 
 def _check_url_shape(url: str) -> None:

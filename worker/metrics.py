@@ -11,8 +11,9 @@ it). What a worker exports:
   ``task_postrun`` already reports a retry as state ``RETRY``, so counting both would double it;
 - every engine metric of :mod:`memory_engine.metrics` the tasks record (flush runs, messages
   summarized and evicted, tokens saved, lock contention, breaker states);
-- ``memory_engine_queue_depth{queue}``: ``LLEN`` of each engine queue on the broker, read at
-  scrape time by :class:`QueueDepthCollector`.
+- ``memory_engine_queue_depth{queue}``: ``LLEN`` of each engine queue on a Redis broker
+  (:class:`QueueDepthCollector`), a passive ``queue.declare`` on RabbitMQ
+  (:class:`BrokerQueueDepthCollector`), read at scrape time.
 
 Prefork: tasks run in pool children, so prometheus_client runs in multiprocess mode. Each child
 writes its values to files in ``PROMETHEUS_MULTIPROC_DIR`` and the main process merges them on
@@ -47,12 +48,15 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from memory_engine import metrics as engine_metrics
+from memory_engine.errors import BrokerUnavailable
 from memory_engine.metrics import FLUSH_DURATION_BUCKETS_S, METRIC_PREFIX
+from memory_engine.producer import TaskProducer
 from memory_engine.settings import Settings
 from memory_engine.task_contract import QUEUES
 
 __all__ = [
     "METRICS_BIND_ADDRESS",
+    "BrokerQueueDepthCollector",
     "MULTIPROC_ENV",
     "QueueDepthCollector",
     "WorkerMetrics",
@@ -127,6 +131,33 @@ class QueueDepthCollector(Collector):
         yield family
 
 
+class BrokerQueueDepthCollector(QueueDepthCollector):
+    """:class:`QueueDepthCollector` for a RabbitMQ broker: depths from a passive
+    ``queue.declare`` per queue (:meth:`TaskProducer.queue_depths`), same metric and same
+    behaviour when the broker does not answer."""
+
+    HELP = "Messages waiting in each engine queue on the broker, read at scrape time."
+
+    def __init__(self, producer: TaskProducer, queues: Sequence[str] = QUEUES) -> None:
+        self._producer = producer
+        self._queues = tuple(queues)
+        self._warned = False
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            depths = self._producer.queue_depths()
+        except BrokerUnavailable as exc:
+            if not self._warned:
+                log.warning("queue depth not exported: broker unavailable (%s)", exc)
+                self._warned = True
+            return
+        self._warned = False
+        family = GaugeMetricFamily(self.NAME, self.HELP, labels=["queue"])
+        for queue in self._queues:
+            family.add_metric([queue], float(depths.get(queue, 0)))
+        yield family
+
+
 class _Exporter:
     """Per-app lifecycle: prepare on worker_init, serve on worker_ready, clean on shutdown."""
 
@@ -170,12 +201,15 @@ class _Exporter:
             return
         exposition = CollectorRegistry(auto_describe=True)
         MultiProcessCollector(exposition, path=str(self.directory))  # type: ignore[no-untyped-call]
-        broker = redis.Redis.from_url(
-            settings.broker_dsn(),
-            socket_timeout=QUEUE_DEPTH_TIMEOUT_S,
-            socket_connect_timeout=QUEUE_DEPTH_TIMEOUT_S,
-        )
-        exposition.register(QueueDepthCollector(broker))
+        if settings.broker_kind() == "redis":
+            broker = redis.Redis.from_url(
+                settings.broker_dsn(),
+                socket_timeout=QUEUE_DEPTH_TIMEOUT_S,
+                socket_connect_timeout=QUEUE_DEPTH_TIMEOUT_S,
+            )
+            exposition.register(QueueDepthCollector(broker))
+        elif settings.broker_kind() == "amqp":
+            exposition.register(BrokerQueueDepthCollector(TaskProducer(settings)))
         try:
             server, _thread = start_http_server(
                 settings.metrics_port, addr=METRICS_BIND_ADDRESS, registry=exposition

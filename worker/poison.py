@@ -24,6 +24,13 @@ that is not JSON, a refused content type, an unknown task, no task header) Celer
 ``celery.worker.consumer.consumer``) and a traceback. :class:`BodyFreeConsumerLog` rewrites those
 records to one line with the error type and, when known, the task name and id.
 
+**RabbitMQ.** py-amqp receives AMQP frames and kombu builds the message from them, so there is
+no raw JSON envelope to screen: every malformed delivery (a body that is not JSON or not UTF-8,
+a pickle or unknown content type, no or an unknown task header) reaches Celery's consumer, which
+rejects it without requeue and logs it through :class:`BodyFreeConsumerLog` (shown by
+``tests/e2e/test_rabbitmq.py``). Nothing is dead-lettered there; declare a dead-letter exchange
+on the queues (a RabbitMQ policy) to keep such messages.
+
 :func:`install` maps the ``redis``/``rediss`` URL schemes to :class:`Transport` in kombu's alias
 table, so every kombu connection of a process that builds the Celery app gets it, while the
 transport name (what Flower and ``as_uri`` show) stays ``redis``. Sentinel and ``redis+socket``

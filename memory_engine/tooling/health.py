@@ -7,16 +7,18 @@
 Checks, in order:
 
 - ``redis``: PING on the memory-data Redis, with its round-trip latency.
-- ``broker``: a connection to the Celery broker.
+- ``broker``: a connection to the Celery broker (Redis or RabbitMQ; the detail names which).
 - ``workers``: live workers answering a Celery control ping (none = fail).
-- ``beat``: celery-redbeat's schedule on the broker Redis (``<key_prefix>:beat:``). RedBeat keeps a
-  sorted set of entry keys scored by their next due time, a ``meta`` JSON with ``last_run_at`` per
-  entry, and a lock that the running Beat extends to ``beat_lock_timeout_s`` on every tick and
-  releases on a clean stop; so the lock's remaining TTL dates Beat's last tick. Nothing there = no
-  Beat ever ran: ``unknown``, a failure only with ``require_beat``. Lock held and no entry overdue
-  = ``ok``. No lock (Beat stopped, or died and its lock expired) or an entry overdue by more than
-  ``BEAT_OVERDUE_GRACE_S`` plus one Beat loop (Beat hung) = ``fail``.
-- ``queues``: backlog (LLEN) of each engine queue, and unacknowledged deliveries; over
+- ``beat``: celery-redbeat's schedule in its Redis (``Settings.beat_redis_dsn``: the broker when it
+  is Redis, else the data Redis or ``MEMORY_BEAT_REDIS_URL``; ``<key_prefix>:beat:``). RedBeat
+  keeps a sorted set of entry keys scored by their next due time, a ``meta`` JSON with
+  ``last_run_at`` per entry, and a lock that the running Beat extends to ``beat_lock_timeout_s`` on
+  every tick and releases on a clean stop; so the lock's remaining TTL dates Beat's last tick.
+  Nothing there = no Beat ever ran: ``unknown``, a failure only with ``require_beat``. Lock held
+  and no entry overdue = ``ok``. No lock (Beat stopped, or died and its lock expired) or an entry
+  overdue by more than ``BEAT_OVERDUE_GRACE_S`` plus one Beat loop (Beat hung) = ``fail``.
+- ``queues``: backlog of each engine queue (LLEN on Redis, with the unacknowledged deliveries;
+  a passive ``queue.declare`` on RabbitMQ, which counts ready messages only); over
   ``max_backlog`` = fail.
 - ``breakers``: circuit breaker states from ``memory_engine.breakers.breaker_states`` (shared in
   Redis); an open or half-open breaker is a warning (flushes fall back and lose nothing), not a
@@ -34,7 +36,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
-from urllib.parse import urlsplit
 
 from memory_engine.errors import StoreUnavailable
 from memory_engine.keys import KeySpace
@@ -60,7 +61,6 @@ BEAT_OVERDUE_GRACE_S = 60.0
 BEAT_MAX_ENTRIES = 100
 # Kombu's Redis transport keeps delivered-but-unacknowledged messages in this hash.
 UNACKED_HASH = "unacked"
-_REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 class CheckStatus(StrEnum):
@@ -252,6 +252,10 @@ def beat_status(
 
 def check_queues(client: Any, max_backlog: int) -> CheckResult:
     backlog, unacked = inspect.queue_lengths(client, QUEUES, UNACKED_HASH)
+    return _judge_backlog(backlog, unacked, max_backlog)
+
+
+def _judge_backlog(backlog: dict[str, int], unacked: int | None, max_backlog: int) -> CheckResult:
     total = sum(backlog.values())
     data = {"backlog": backlog, "total": total, "unacked": unacked, "max": max_backlog}
     listed = ", ".join(f"{q}={n}" for q, n in backlog.items())
@@ -260,6 +264,34 @@ def check_queues(client: Any, max_backlog: int) -> CheckResult:
             "queues", CheckStatus.FAIL, f"backlog {total} > {max_backlog} ({listed})", data
         )
     return CheckResult("queues", CheckStatus.OK, f"backlog {total} ({listed})", data)
+
+
+def check_amqp_queues(settings: Settings, max_backlog: int) -> CheckResult:
+    """:func:`check_queues` for RabbitMQ: ready messages per queue (no unacked count: RabbitMQ
+    returns a dead consumer's deliveries to the queue itself)."""
+    from memory_engine.producer import TaskProducer
+
+    producer = TaskProducer(settings)
+    try:
+        backlog = producer.queue_depths()
+    finally:
+        producer.close()
+    return _judge_backlog(backlog, None, max_backlog)
+
+
+def check_beat(settings: Settings, keyspace: KeySpace, require_beat: bool) -> CheckResult:
+    """:func:`beat_status` on RedBeat's Redis (``Settings.beat_redis_dsn``)."""
+    client = _redis(settings.beat_redis_dsn(), settings.socket_connect_timeout_s)
+    try:
+        return beat_status(
+            client,
+            keyspace,
+            lock_timeout_s=settings.beat_lock_timeout_s,
+            max_loop_interval_s=settings.beat_max_loop_interval_s,
+            require_beat=require_beat,
+        )
+    finally:
+        client.close()
 
 
 def check_breakers(client: Any, keyspace: KeySpace) -> CheckResult:
@@ -309,31 +341,22 @@ def check_health(
     finally:
         producer.close()
 
-    broker_url = settings.broker_dsn()
-    if urlsplit(broker_url).scheme not in _REDIS_SCHEMES:
-        for name in ("beat", "queues"):
-            checks.append(CheckResult(name, CheckStatus.SKIPPED, "the broker is not Redis"))
-    elif broker.failed:
-        for name in ("beat", "queues"):
-            checks.append(CheckResult(name, CheckStatus.FAIL, "broker unreachable"))
-    else:
-        broker_redis = _redis(broker_url, settings.socket_connect_timeout_s)
+    checks.append(_guard("beat", lambda: check_beat(settings, keyspace, require_beat)))
+    kind = settings.broker_kind()
+    if broker.failed:
+        checks.append(CheckResult("queues", CheckStatus.FAIL, "broker unreachable"))
+    elif kind == "redis":
+        broker_redis = _redis(settings.broker_dsn(), settings.socket_connect_timeout_s)
         try:
-            checks.append(
-                _guard(
-                    "beat",
-                    lambda: beat_status(
-                        broker_redis,
-                        keyspace,
-                        lock_timeout_s=settings.beat_lock_timeout_s,
-                        max_loop_interval_s=settings.beat_max_loop_interval_s,
-                        require_beat=require_beat,
-                    ),
-                )
-            )
             checks.append(_guard("queues", lambda: check_queues(broker_redis, max_backlog)))
         finally:
             broker_redis.close()
+    elif kind == "amqp":
+        checks.append(_guard("queues", lambda: check_amqp_queues(settings, max_backlog)))
+    else:
+        checks.append(
+            CheckResult("queues", CheckStatus.SKIPPED, "the broker is neither Redis nor RabbitMQ")
+        )
 
     data_redis = _redis(settings.redis_dsn(), settings.socket_connect_timeout_s)
     try:

@@ -36,24 +36,45 @@ APP_SERVICES = ("worker", "worker-summarize", "beat", "flower")
 # What an operator exports before `docker compose up` (see the file's header).
 SHELL_ENV = {"REDIS_PASSWORD": "redis-pw", "FLOWER_USER": "ops", "FLOWER_PASSWORD": "flower-pw"}
 
-_VAR = re.compile(r"\$\$|\$\{(\w+)(?:(:?[-?])([^}]*))?\}|\$(\w+)")
+_NAME = re.compile(r"\w+")
 
 
 def interpolate(value: str, env: dict[str, str]) -> str:
-    """Compose's interpolation: ``${X}``, ``${X:-default}``, ``${X:?error}``, ``$$`` -> ``$``."""
+    """Compose's interpolation: ``$X``, ``${X}``, ``${X:-default}``, ``${X:?error}``, ``$$`` ->
+    ``$``, with ``${...}`` nested in a default (``${A:-redis://${B}@h}``)."""
+    out: list[str] = []
+    i = 0
+    while i < len(value):
+        if value.startswith("$$", i):
+            out.append("$")
+            i += 2
+        elif value.startswith("${", i):
+            depth, j = 1, i + 2
+            while depth:  # the matching "}" (an unbalanced one raises IndexError: a bug)
+                depth += {"{": 1, "}": -1}.get(value[j], 0)
+                j += 1
+            out.append(_expand(value[i + 2 : j - 1], env))
+            i = j
+        elif value[i] == "$" and (name := _NAME.match(value, i + 1)):
+            out.append(env.get(name.group(0), ""))
+            i = name.end()
+        else:
+            out.append(value[i])
+            i += 1
+    return "".join(out)
 
-    def sub(m: re.Match[str]) -> str:
-        if m.group(0) == "$$":
-            return "$"
-        name = m.group(1) or m.group(4)
-        op, arg = m.group(2), m.group(3)
-        if env.get(name):
-            return env[name]
-        if op and op.endswith("?"):
-            raise KeyError(f"{name} is required: {arg}")
-        return arg if op and op.endswith("-") else ""
 
-    return _VAR.sub(sub, value)
+def _expand(inner: str, env: dict[str, str]) -> str:
+    name = _NAME.match(inner)
+    assert name, f"bad variable {inner!r}"
+    rest = inner[name.end() :]
+    op = next((o for o in (":-", ":?", "-", "?") if rest.startswith(o)), "")
+    arg = rest[len(op) :]
+    if env.get(name.group(0)):
+        return env[name.group(0)]
+    if op.endswith("?"):
+        raise KeyError(f"{name.group(0)} is required: {arg}")
+    return interpolate(arg, env) if op.endswith("-") else ""
 
 
 def service_env(name: str, shell: dict[str, str] = SHELL_ENV) -> dict[str, str]:
@@ -288,7 +309,7 @@ def test_monitoring_profile_runs_prometheus_and_grafana_on_loopback() -> None:
         assert SERVICES[name]["ports"] == [f"127.0.0.1:{port}:{port}"], name
         assert str(SERVICES[name]["image"]).split(":")[1] not in ("", "latest"), "pinned image"
     # Everything else runs without the profile.
-    assert {n for n, s in SERVICES.items() if s.get("profiles")} == set(MONITORING)
+    assert {n for n, s in SERVICES.items() if s.get("profiles")} == {*MONITORING, "rabbitmq"}
     assert "prometheus" in (SERVICES["grafana"].get("depends_on") or [])
 
 
@@ -354,3 +375,57 @@ def test_summaries_run_on_a_thread_pool_sized_for_io_and_flushes_on_prefork() ->
     # The flush worker is CPU-bound (tokenizing, planning): processes, not threads.
     assert option(argv("worker"), "--pool") in (None, "prefork")
     assert settings_for("worker-summarize").summarizer_timeout_s > 0, "bounds each call"
+
+
+# ---- profile `rabbitmq`: RabbitMQ as the broker, results and RedBeat stay in Redis ------------
+
+RABBIT_ENV = {
+    **SHELL_ENV,
+    "RABBITMQ_PASSWORD": "mq-pw",
+    "BROKER_URL": "amqp://memory:mq-pw@rabbitmq:5672/memory-engine",
+}
+"""What the compose header tells an operator to export for the profile."""
+
+
+def test_rabbitmq_profile_runs_a_management_broker_with_durable_storage() -> None:
+    rabbit = SERVICES["rabbitmq"]
+    assert rabbit["profiles"] == ["rabbitmq"]
+    image, tag = str(rabbit["image"]).split(":")
+    assert image == "rabbitmq" and tag.startswith("3.") and tag.endswith("-management")
+    assert any(str(v).endswith(":/var/lib/rabbitmq") for v in rabbit["volumes"])
+    assert rabbit.get("hostname"), "a fixed node name keeps the data directory across re-creation"
+    assert rabbit["ports"] == ["127.0.0.1:15672:15672"]
+    env = service_env("rabbitmq", RABBIT_ENV)
+    assert env["RABBITMQ_DEFAULT_PASS"] == "mq-pw"
+    assert "rabbitmq-diagnostics" in healthcheck_text("rabbitmq")
+    header = (ROOT / "docker-compose.yml").read_text().split("\nname:")[0]
+    for variable in ("RABBITMQ_PASSWORD", "BROKER_URL", "--profile rabbitmq"):
+        assert variable in header, f"the header documents {variable}"
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_rabbitmq_profile_points_every_app_service_at_rabbitmq(name: str) -> None:
+    fields = {
+        k[len("MEMORY_") :].lower(): v
+        for k, v in service_env(name, RABBIT_ENV).items()
+        if k.startswith("MEMORY_")
+    }
+    settings = Settings.model_validate(fields)
+    assert settings.broker_kind() == "amqp"
+    user, vhost = "memory", "memory-engine"
+    assert settings.broker_dsn() == f"amqp://{user}:mq-pw@rabbitmq:5672/{vhost}"
+    assert service_env("rabbitmq", RABBIT_ENV)["RABBITMQ_DEFAULT_USER"] == user
+    assert service_env("rabbitmq", RABBIT_ENV)["RABBITMQ_DEFAULT_VHOST"] == vhost
+    # Results and RedBeat's schedule stay in Redis (Celery has no amqp result backend).
+    for dsn in (settings.result_backend_dsn(), settings.beat_redis_dsn()):
+        assert dsn == "redis://:redis-pw@redis:6379/1"
+    rabbit_dependency = SERVICES[name]["depends_on"]["rabbitmq"]
+    assert rabbit_dependency == {"condition": "service_healthy", "required": False}
+    # Without the profile nothing changes: the Redis broker on DB 1.
+    assert settings_for(name).broker_dsn() == "redis://:redis-pw@redis:6379/1"
+    assert settings_for(name).broker_queue_type == "classic"
+
+
+def test_beat_health_check_pings_redbeats_store_not_the_broker() -> None:
+    check = healthcheck_text("beat")
+    assert "beat_redis_dsn()" in check and "broker_dsn()" not in check
