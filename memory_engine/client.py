@@ -21,7 +21,9 @@ from memory_engine.core.append import (
     PreparedBatch,
     append_result,
     prepare_batch,
+    unstored_result,
 )
+from memory_engine.core.commands import check_page_arguments, page_of, stats_from_metadata
 from memory_engine.errors import (
     BrokerUnavailable,
     KeyTemplateError,
@@ -245,13 +247,7 @@ class Memory:
         pending = batch.pending
         if not pending:
             stats = self.stats()
-            return AppendResult(
-                stored=False,
-                appended=0,
-                message_count=stats.message_count,
-                token_count=stats.token_count,
-                skipped=batch.skipped,
-            )
+            return unstored_result(batch, stats.message_count, stats.token_count)
         outcome = client.store.append(
             self.keys,
             pending,
@@ -309,55 +305,19 @@ class Memory:
         (the app re-reads what it keeps). ``record_use=False`` reads without recording: what
         operator tools (the CLI, health views) use, so that looking at a memory never changes
         what its next flush drops."""
-        check_int_argument("offset", offset, 0)
-        check_int_argument("limit", limit, 1)
+        check_page_arguments(offset, limit)
         messages, total = self.client.store.read_page(self.keys, offset, limit)
         if record_use and self.resource.records_uses:
             # An explicit page read is a use: LRU flushing and eviction keep what the app re-reads.
             self.client.store.record_use(
                 self.keys, [m.seq for m in messages if m.seq is not None], self.resource.ttl_s
             )
-        return Page(
-            messages=messages,
-            total=total,
-            offset=offset,
-            limit=limit,
-            has_more=offset + len(messages) < total,
-        )
+        return page_of(messages, total, offset, limit)
 
     def stats(self) -> MemoryStats:
+        """Counts, tokens, budget used, TTL, summary point, flush pending (one round trip)."""
         meta, ttl, pending, summary = self.client.store.metadata(self.keys)
-        count = int(meta.get("message_count", 0))
-        tokens = int(meta.get("token_count", 0))
-        summary_tokens = int(summary.get("token_count", 0)) if summary.get("text") else 0
-        max_tokens = self.resource.effective_max_tokens
-        max_messages = self.resource.max_messages
-        used: list[float] = []
-        if max_tokens:
-            used.append((tokens + summary_tokens) / max_tokens)
-        if max_messages:
-            used.append(count / max_messages)
-        return MemoryStats(
-            key=self.key,
-            resource_id=self.resource.id,
-            message_count=count,
-            token_count=tokens,
-            ttl_s=ttl,
-            epoch=int(meta.get("epoch", 0)),
-            last_seq=int(meta.get("seq", 0)),
-            max_tokens=max_tokens,
-            max_messages=max_messages,
-            budget_used=round(max(used), 4) if used else None,
-            flush_pending=pending,
-            summary_point=int(summary.get("summary_point", 0)),
-            summary_tokens=summary_tokens,
-            evicted_count=int(meta.get("evicted", 0)),
-            summarized_count=int(meta.get("summarized", 0)),
-            flushed_count=int(meta.get("flushed", 0)),
-            last_flush_at=float(meta["last_flush_at"]) if meta.get("last_flush_at") else None,
-            created_at=float(meta["created_at"]) if meta.get("created_at") else None,
-            updated_at=float(meta["updated_at"]) if meta.get("updated_at") else None,
-        )
+        return stats_from_metadata(self.resource, self.key, meta, ttl, pending, summary)
 
     def context(self, max_tokens: int | None = None) -> list[Message]:
         """The prompt window: system messages, the summary (one system message whose metadata
