@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from memory_engine import metrics
 from memory_engine.core.append import (
+    AppendOutcome,
     AppendPlan,
     BatchLimits,
+    PendingMessage,
     PreparedBatch,
     append_result,
     prepare_batch,
@@ -264,6 +266,13 @@ class Memory:
         flush_requested = False
         if outcome.flush_requested:
             flush_requested = self._publish_flush(reason="threshold")
+        self._record_append(pending, outcome, started)
+        return append_result(outcome, batch, flush_requested=flush_requested)
+
+    def _record_append(
+        self, pending: list[PendingMessage], outcome: AppendOutcome, started: float
+    ) -> None:
+        """Metrics and the log line of a stored append (the async client's too)."""
         metrics.record_append(self.resource.id, pending, outcome, started)
         if outcome.evicted:  # the hard ceiling evicted (rare: flushes are not keeping up)
             metrics.instruments().for_resource(self.resource.id).evicted.inc(outcome.evicted)
@@ -273,7 +282,6 @@ class Memory:
                 self.key,
                 outcome.evicted,
             )
-        return append_result(outcome, batch, flush_requested=flush_requested)
 
     def replace(self, messages: Sequence[Message | dict[str, Any]]) -> int:
         """Replace every message (the summary goes too); keeps the TTL. Returns the new count."""
@@ -351,13 +359,17 @@ class Memory:
         was_set = self.client.store.set_flush_marker(
             self.keys, self.client.settings.flush_marker_ttl_s
         )
-        if was_set is None:
+        if not self._flush_marker_set(was_set):
             return False
-        if not was_set:
-            metrics.record_flush_request(self.resource.id, deduplicated=True)
-            return False
-        metrics.record_flush_request(self.resource.id, deduplicated=False)
         return self._publish_flush(reason="requested", marker_indexed=True)
+
+    def _flush_marker_set(self, was_set: bool | None) -> bool:
+        """Count a flush request by what setting its marker returned; True when this call set
+        it and must publish the flush (the async client's too)."""
+        if was_set is None:  # no such memory: nothing written, nothing to count
+            return False
+        metrics.record_flush_request(self.resource.id, deduplicated=not was_set)
+        return was_set
 
     def _publish_flush(self, *, reason: str, marker_indexed: bool = False) -> bool:
         """Publish one ``memory.flush``; True if it was published.
