@@ -22,6 +22,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 SCRIPTS = (
     "append",
     "append_many",
+    "async_append",
     "context",
     "flush",
     "trigger_storm",

@@ -8,10 +8,13 @@ Workflow code imports only this package::
         memory = client.memory("customer-support", {"workflow": {"input": {...}}})
         memory.append(Message(role="user", content="Where is my order ORD-1234?"))
         window = memory.context()
+
+On an event loop, ``AsyncMemoryClient`` / ``AsyncMemory`` offer the same calls, awaited.
 """
 
 from __future__ import annotations
 
+from memory_engine.aio import AsyncMemory, AsyncMemoryClient
 from memory_engine.client import Memory, MemoryClient
 from memory_engine.core.plans import FlushResult, FlushStatus
 from memory_engine.errors import (
@@ -41,6 +44,9 @@ __all__ = [
     # client
     "Memory",
     "MemoryClient",
+    # asyncio client (docs/async.md)
+    "AsyncMemory",
+    "AsyncMemoryClient",
     # values
     "AppendResult",
     "FlushResult",

@@ -16,12 +16,16 @@ from typing import TYPE_CHECKING, Any
 
 from memory_engine import metrics
 from memory_engine.core.append import (
+    AppendOutcome,
     AppendPlan,
     BatchLimits,
+    PendingMessage,
     PreparedBatch,
     append_result,
     prepare_batch,
+    unstored_result,
 )
+from memory_engine.core.commands import check_page_arguments, page_of, stats_from_metadata
 from memory_engine.errors import (
     BrokerUnavailable,
     KeyTemplateError,
@@ -245,13 +249,7 @@ class Memory:
         pending = batch.pending
         if not pending:
             stats = self.stats()
-            return AppendResult(
-                stored=False,
-                appended=0,
-                message_count=stats.message_count,
-                token_count=stats.token_count,
-                skipped=batch.skipped,
-            )
+            return unstored_result(batch, stats.message_count, stats.token_count)
         outcome = client.store.append(
             self.keys,
             pending,
@@ -268,6 +266,13 @@ class Memory:
         flush_requested = False
         if outcome.flush_requested:
             flush_requested = self._publish_flush(reason="threshold")
+        self._record_append(pending, outcome, started)
+        return append_result(outcome, batch, flush_requested=flush_requested)
+
+    def _record_append(
+        self, pending: list[PendingMessage], outcome: AppendOutcome, started: float
+    ) -> None:
+        """Metrics and the log line of a stored append (the async client's too)."""
         metrics.record_append(self.resource.id, pending, outcome, started)
         if outcome.evicted:  # the hard ceiling evicted (rare: flushes are not keeping up)
             metrics.instruments().for_resource(self.resource.id).evicted.inc(outcome.evicted)
@@ -277,7 +282,6 @@ class Memory:
                 self.key,
                 outcome.evicted,
             )
-        return append_result(outcome, batch, flush_requested=flush_requested)
 
     def replace(self, messages: Sequence[Message | dict[str, Any]]) -> int:
         """Replace every message (the summary goes too); keeps the TTL. Returns the new count."""
@@ -309,55 +313,19 @@ class Memory:
         (the app re-reads what it keeps). ``record_use=False`` reads without recording: what
         operator tools (the CLI, health views) use, so that looking at a memory never changes
         what its next flush drops."""
-        check_int_argument("offset", offset, 0)
-        check_int_argument("limit", limit, 1)
+        check_page_arguments(offset, limit)
         messages, total = self.client.store.read_page(self.keys, offset, limit)
         if record_use and self.resource.records_uses:
             # An explicit page read is a use: LRU flushing and eviction keep what the app re-reads.
             self.client.store.record_use(
                 self.keys, [m.seq for m in messages if m.seq is not None], self.resource.ttl_s
             )
-        return Page(
-            messages=messages,
-            total=total,
-            offset=offset,
-            limit=limit,
-            has_more=offset + len(messages) < total,
-        )
+        return page_of(messages, total, offset, limit)
 
     def stats(self) -> MemoryStats:
+        """Counts, tokens, budget used, TTL, summary point, flush pending (one round trip)."""
         meta, ttl, pending, summary = self.client.store.metadata(self.keys)
-        count = int(meta.get("message_count", 0))
-        tokens = int(meta.get("token_count", 0))
-        summary_tokens = int(summary.get("token_count", 0)) if summary.get("text") else 0
-        max_tokens = self.resource.effective_max_tokens
-        max_messages = self.resource.max_messages
-        used: list[float] = []
-        if max_tokens:
-            used.append((tokens + summary_tokens) / max_tokens)
-        if max_messages:
-            used.append(count / max_messages)
-        return MemoryStats(
-            key=self.key,
-            resource_id=self.resource.id,
-            message_count=count,
-            token_count=tokens,
-            ttl_s=ttl,
-            epoch=int(meta.get("epoch", 0)),
-            last_seq=int(meta.get("seq", 0)),
-            max_tokens=max_tokens,
-            max_messages=max_messages,
-            budget_used=round(max(used), 4) if used else None,
-            flush_pending=pending,
-            summary_point=int(summary.get("summary_point", 0)),
-            summary_tokens=summary_tokens,
-            evicted_count=int(meta.get("evicted", 0)),
-            summarized_count=int(meta.get("summarized", 0)),
-            flushed_count=int(meta.get("flushed", 0)),
-            last_flush_at=float(meta["last_flush_at"]) if meta.get("last_flush_at") else None,
-            created_at=float(meta["created_at"]) if meta.get("created_at") else None,
-            updated_at=float(meta["updated_at"]) if meta.get("updated_at") else None,
-        )
+        return stats_from_metadata(self.resource, self.key, meta, ttl, pending, summary)
 
     def context(self, max_tokens: int | None = None) -> list[Message]:
         """The prompt window: system messages, the summary (one system message whose metadata
@@ -391,13 +359,17 @@ class Memory:
         was_set = self.client.store.set_flush_marker(
             self.keys, self.client.settings.flush_marker_ttl_s
         )
-        if was_set is None:
+        if not self._flush_marker_set(was_set):
             return False
-        if not was_set:
-            metrics.record_flush_request(self.resource.id, deduplicated=True)
-            return False
-        metrics.record_flush_request(self.resource.id, deduplicated=False)
         return self._publish_flush(reason="requested", marker_indexed=True)
+
+    def _flush_marker_set(self, was_set: bool | None) -> bool:
+        """Count a flush request by what setting its marker returned; True when this call set
+        it and must publish the flush (the async client's too)."""
+        if was_set is None:  # no such memory: nothing written, nothing to count
+            return False
+        metrics.record_flush_request(self.resource.id, deduplicated=not was_set)
+        return was_set
 
     def _publish_flush(self, *, reason: str, marker_indexed: bool = False) -> bool:
         """Publish one ``memory.flush``; True if it was published.

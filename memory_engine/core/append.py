@@ -35,6 +35,7 @@ __all__ = [
     "decode_reply",
     "prepare_batch",
     "script_arguments",
+    "unstored_result",
 ]
 
 
@@ -293,5 +294,17 @@ def append_result(
         last_seq=outcome.last_seq,
         flush_requested=flush_requested,
         redacted=batch.redacted,
+        skipped=batch.skipped,
+    )
+
+
+def unstored_result(batch: PreparedBatch, message_count: int, token_count: int) -> AppendResult:
+    """What the caller gets when nothing in the batch was persistable (no script ran): the
+    memory's current counts (``stats()``), and how many messages were skipped."""
+    return AppendResult(
+        stored=False,
+        appended=0,
+        message_count=message_count,
+        token_count=token_count,
         skipped=batch.skipped,
     )

@@ -47,6 +47,26 @@ from memory_engine.core.append import (
     script_arguments,
 )
 from memory_engine.core.columns import StoredMessages, columns_of, position_of_seq, seq_runs
+from memory_engine.core.commands import (
+    FLUSH_MARKER_UNPUBLISHED,
+    INDEX_MEMO_MAX_ENTRIES,
+    INDEX_REFRESH_MAX_S,
+    IndexMemo,
+    clear_call,
+    context_call,
+    decode_context_reply,
+    decode_flush_marker,
+    decode_hash,
+    decode_messages,
+    decode_replace_reply,
+    flush_marker_call,
+    index_writes,
+    memory_key_names,
+    record_use_call,
+    replace_call,
+    summary_from_hash,
+)
+from memory_engine.core.context import ContextWindow
 from memory_engine.core.plans import Snapshot, Summary
 from memory_engine.errors import FlushConflict, LockLost
 from memory_engine.keys import KeySpace, MemoryKeys
@@ -56,7 +76,17 @@ from memory_engine.store.lane import command_head, lane_for
 from memory_engine.store.locks import MemoryLock
 from memory_engine.store.plumbing import ScriptRunner, translate_errors
 
-__all__ = ["CommitResult", "ContextWindow", "MemoryStore", "PendingMessage", "translate_errors"]
+__all__ = [
+    "FLUSH_MARKER_UNPUBLISHED",
+    "INDEX_MEMO_MAX_ENTRIES",
+    "INDEX_REFRESH_MAX_S",
+    "CommitResult",
+    "ContextWindow",
+    "MemoryStore",
+    "PendingMessage",
+    "summary_from_hash",
+    "translate_errors",
+]
 
 log = logging.getLogger(__name__)
 
@@ -71,26 +101,6 @@ _SCRIPT_NAMES = (
     "flush_marker",
     "record_use",
 )
-
-FLUSH_MARKER_UNPUBLISHED = "unpublished"
-"""Flush-marker value that says the marker's ``memory.flush`` task could not be published (the
-broker was down): the marker sweep publishes it (:meth:`MemoryStore.claim_unpublished_flush`)."""
-
-INDEX_REFRESH_MAX_S = 60.0
-"""Longest time an append leaves a memory's index scores unrefreshed (``ttl / 10`` if shorter)."""
-INDEX_MEMO_MAX_ENTRIES = 100_000
-"""Bound of the per-store memo of index writes; when full it is emptied (each memory then pays
-one index write again)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ContextWindow:
-    """The raw material of a context window (see :meth:`MemoryStore.context_window`)."""
-
-    summary: dict[str, str]
-    tail_start: int  # list index of tail[0]; 0 when the tail is the whole list
-    tail: list[Message]
-    systems: list[Message]  # system messages before the tail, oldest first
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,10 +119,8 @@ class MemoryStore(ScriptRunner):
     def __init__(self, client: redis.Redis, keyspace: KeySpace) -> None:
         super().__init__(client, _SCRIPT_NAMES)
         self.keyspace = keyspace
-        # memory id -> `now` of the last index write by an append of this store (module
-        # docstring). A plain dict: single operations are atomic under the GIL, and a race
-        # between two threads costs one redundant ZADD, never a missing one.
-        self._indexed_at: dict[str, float] = {}
+        # When an append carries its memory's index writes (module docstring).
+        self._index_memo = IndexMemo()
         # The lean single-command path (memory_engine/resp.py) and the memoised leading
         # arguments of the append script per (keys, resource arguments).
         self._lane = lane_for(client)
@@ -177,7 +185,7 @@ class MemoryStore(ScriptRunner):
         )
         script_keys, static, dynamic = arguments.keys, arguments.static, arguments.dynamic
         memory_id = keys.memory_id
-        index_due = self._index_due(memory_id, now, ttl_s)
+        index_due = self._index_memo.due(memory_id, now, ttl_s)
         if index_due:
             sha = self._shas["append"]
 
@@ -192,7 +200,7 @@ class MemoryStore(ScriptRunner):
         if created and not index_due:
             self._write_index(memory_id, now, ttl_s)
         if index_due or created:
-            self._remember_indexed(memory_id, now)
+            self._index_memo.remember(memory_id, now)
         return outcome
 
     def _send_append(
@@ -227,26 +235,11 @@ class MemoryStore(ScriptRunner):
                 self._load_scripts()
                 return lane.send(head, head_count, dynamic)
 
-    # ---- index memo (the append hot path) ------------------------------------------------
-
-    def _index_due(self, memory_id: str, now: float, ttl_s: int) -> bool:
-        last = self._indexed_at.get(memory_id)
-        if last is None:
-            return True
-        refresh_s = min(INDEX_REFRESH_MAX_S, ttl_s / 10) if ttl_s > 0 else INDEX_REFRESH_MAX_S
-        # A `now` before the last write (an explicit time in the past) re-indexes too.
-        return not 0.0 <= now - last < refresh_s
-
-    def _remember_indexed(self, memory_id: str, now: float) -> None:
-        memo = self._indexed_at
-        if len(memo) >= INDEX_MEMO_MAX_ENTRIES:
-            memo.clear()
-        memo[memory_id] = now
+    # ---- index hints (the append hot path) -----------------------------------------------
 
     def _add_index_commands(self, pipe: Any, memory_id: str, now: float, ttl_s: int) -> None:
-        pipe.zadd(self.keyspace.access_index, {memory_id: now})
-        if ttl_s > 0:
-            pipe.zadd(self.keyspace.expiry_index, {memory_id: now + ttl_s})
+        for index, mapping in index_writes(self.keyspace, memory_id, now, ttl_s):
+            pipe.zadd(index, mapping)
 
     def _write_index(self, memory_id: str, now: float, ttl_s: int) -> None:
         def build(pipe: Any) -> None:
@@ -265,31 +258,21 @@ class MemoryStore(ScriptRunner):
     ) -> tuple[int, int, int]:
         """Replace all messages; keep the TTL, bump the epoch. -> (count, tokens, epoch)."""
         now = time.time() if now is None else now
-        args: list[Any] = [
-            repr(now),
-            resource_id,
-            ttl_s * 1000,
-            len(messages),
-            sum(1 for m in messages if m.is_system),
-        ]
-        for m in messages:
-            args.extend((m.body, m.token_count))
-        script_keys = (keys.msgs, keys.meta, keys.summary, keys.used)
+        script_keys, args = replace_call(
+            keys, messages, resource_id=resource_id, ttl_s=ttl_s, now=now
+        )
         sha = self._shas["replace"]
 
         def build(pipe: Any) -> None:
             pipe.evalsha(sha, len(script_keys), *script_keys, *args)
             pipe.zadd(self.keyspace.access_index, {keys.memory_id: now})
 
-        count, tokens, epoch, _first, _last = self._run_with_hints("replace", keys.memory_id, build)
-        return int(count), int(tokens), int(epoch)
+        return decode_replace_reply(self._run_with_hints("replace", keys.memory_id, build))
 
     def clear(self, keys: MemoryKeys, now: float | None = None) -> int:
         """Remove all messages and the summary; keep metadata. Returns how many were cleared."""
         now = time.time() if now is None else now
-        cleared, _epoch = self._evalsha(
-            "clear", "clear", (keys.msgs, keys.meta, keys.summary, keys.used), (repr(now),)
-        )
+        cleared, _epoch = self._evalsha("clear", "clear", *clear_call(keys, now))
         return int(cleared)
 
     def delete(self, keys: MemoryKeys) -> bool:
@@ -299,7 +282,7 @@ class MemoryStore(ScriptRunner):
         failure is logged; cleanup drops entries whose memory is gone)."""
 
         def build(pipe: Any) -> None:
-            pipe.delete(keys.msgs, keys.meta, keys.summary, keys.used, keys.flush, keys.lock)
+            pipe.delete(*memory_key_names(keys))
             for index in (
                 self.keyspace.expiry_index,
                 self.keyspace.access_index,
@@ -383,19 +366,11 @@ class MemoryStore(ScriptRunner):
         True if this call set it, False if a flush was already pending, None if the memory does
         not exist (nothing written: a deleted memory leaves no marker nor pending entry)."""
         now = time.time() if now is None else now
-        status = int(
-            self._call_script(
-                "set flush marker",
-                "flush_marker",
-                (keys.meta, keys.flush),
-                (repr(now), ttl_s * 1000),
-            )
-        )
-        if status < 0:
-            return None
-        if status == 1:
+        call = flush_marker_call(keys, ttl_s, now)
+        was_set = decode_flush_marker(self._call_script("set flush marker", "flush_marker", *call))
+        if was_set:
             self.index_pending(keys, now)
-        return status == 1
+        return was_set
 
     def index_pending(self, keys: MemoryKeys, now: float) -> None:
         """Add the memory to the pending-flush index (a hint for the marker sweep; a failure is
@@ -449,11 +424,9 @@ class MemoryStore(ScriptRunner):
         """LRU bookkeeping: ZADD the returned seqs (O(k log n)) with the memory's TTL, only if the
         memory still exists (``lua/record_use.lua``: a read that returns after a ``delete()``
         must not leave a use set that a memory recreated under the same key would inherit)."""
-        if not seqs:
-            return
-        now = time.time() if now is None else now
-        args = (repr(now), max(ttl_s, 0), *(str(s) for s in seqs))
-        self._call_script("record use", "record_use", (keys.meta, keys.used), args)
+        call = record_use_call(keys, seqs, ttl_s, time.time() if now is None else now)
+        if call is not None:
+            self._call_script("record use", "record_use", *call)
 
     def reconcile(self, keys: MemoryKeys, now: float | None = None) -> int:
         """Recompute counters from the list; returns how many fields were corrected."""
@@ -468,7 +441,7 @@ class MemoryStore(ScriptRunner):
     def read(self, keys: MemoryKeys) -> list[Message]:
         with translate_errors("read"):
             raw = self.redis.lrange(keys.msgs, 0, -1)
-        return [Message.from_wire(r, memory_id=keys.memory_id) for r in raw]
+        return decode_messages(raw, keys.memory_id)
 
     def read_page(self, keys: MemoryKeys, offset: int, limit: int) -> tuple[list[Message], int]:
         def build(pipe: Any) -> None:
@@ -476,29 +449,19 @@ class MemoryStore(ScriptRunner):
             pipe.lrange(keys.msgs, offset, offset + limit - 1)
 
         total, raw = self._run_pipeline("read page", build, transaction=True)
-        return [Message.from_wire(r, memory_id=keys.memory_id) for r in raw], int(total)
+        return decode_messages(raw, keys.memory_id), int(total)
 
     def read_tail(self, keys: MemoryKeys, count: int) -> list[Message]:
         with translate_errors("read tail"):
             raw = self.redis.lrange(keys.msgs, -count, -1)
-        return [Message.from_wire(r, memory_id=keys.memory_id) for r in raw]
+        return decode_messages(raw, keys.memory_id)
 
     def context_window(self, keys: MemoryKeys, budget: int | None) -> ContextWindow:
         """What ``Memory.context()`` reads, in one round trip (``lua/context.lua``): the summary,
         the shortest tail whose non-system messages exceed ``budget`` tokens (``None``: the whole
         list), and the system messages before that tail."""
-        summary_raw, start, tail, systems = self._call_script(
-            "context",
-            "context",
-            (keys.msgs, keys.meta, keys.summary),
-            (-1 if budget is None else budget,),
-        )
-        return ContextWindow(
-            summary=_decode_hash(dict(zip(summary_raw[::2], summary_raw[1::2], strict=True))),
-            tail_start=int(start),
-            tail=[Message.from_wire(r, memory_id=keys.memory_id) for r in tail],
-            systems=[Message.from_wire(r, memory_id=keys.memory_id) for r in systems],
-        )
+        reply = self._call_script("context", "context", *context_call(keys, budget))
+        return decode_context_reply(reply, keys.memory_id)
 
     def snapshot(
         self, keys: MemoryKeys, *, with_usage: bool = False
@@ -514,8 +477,8 @@ class MemoryStore(ScriptRunner):
 
         replies = self._run_pipeline("snapshot", build, transaction=True)
         raw, meta_raw, summary_raw = replies[0], replies[1], replies[2]
-        meta = _decode_hash(meta_raw)
-        summary = summary_from_hash(_decode_hash(summary_raw))
+        meta = decode_hash(meta_raw)
+        summary = summary_from_hash(decode_hash(summary_raw))
         used: dict[int, float] = {}
         if with_usage:
             used = {int(m): float(score) for m, score in replies[3]}
@@ -542,30 +505,8 @@ class MemoryStore(ScriptRunner):
             pipe.hgetall(keys.summary)
 
         meta, ttl, pending, summary = self._run_pipeline("stats", build, transaction=True)
-        return _decode_hash(meta), int(ttl), bool(pending), _decode_hash(summary)
+        return decode_hash(meta), int(ttl), bool(pending), decode_hash(summary)
 
     def summary(self, keys: MemoryKeys) -> Summary | None:
         with translate_errors("read summary"):
-            return summary_from_hash(_decode_hash(self.redis.hgetall(keys.summary)))
-
-
-def _decode_hash(raw: dict[Any, Any]) -> dict[str, str]:
-    return {
-        (k.decode() if isinstance(k, bytes) else str(k)): (
-            v.decode() if isinstance(v, bytes) else str(v)
-        )
-        for k, v in raw.items()
-    }
-
-
-def summary_from_hash(data: dict[str, str]) -> Summary | None:
-    if not data.get("text"):
-        return None
-    return Summary(
-        text=data["text"],
-        token_count=int(data.get("token_count", 0)),
-        summary_point=int(data.get("summary_point", 0)),
-        covered_count=int(data.get("covered", 0)),
-        source=data.get("source", ""),
-        updated_at=float(data["updated_at"]) if data.get("updated_at") else None,
-    )
+            return summary_from_hash(decode_hash(self.redis.hgetall(keys.summary)))

@@ -14,7 +14,7 @@ from redis import exceptions as redis_errors
 from memory_engine.errors import StoreError, StoreUnavailable
 from memory_engine.store.scripts import script_sha, script_source
 
-__all__ = ["ScriptRunner", "translate_errors"]
+__all__ = ["ScriptRunner", "log_hint_errors", "translate_errors"]
 
 log = logging.getLogger("memory_engine.store.memory")
 
@@ -34,6 +34,20 @@ def translate_errors(what: str) -> Iterator[None]:
         raise StoreUnavailable(f"Redis unavailable during {what}: {exc}") from exc
     except redis_errors.RedisError as exc:
         raise StoreError(f"Redis error during {what}: {exc}") from exc
+
+
+def log_hint_errors(what: str, memory_id: str, replies: Sequence[Any]) -> None:
+    """Log the errors among index-command replies (hints: the write before them happened)."""
+    errors = [r for r in replies if isinstance(r, Exception)]
+    if errors:
+        log.warning(
+            "%s of memory %s: %d index update(s) failed, the rest applied (indexes are "
+            "hints, repaired by cleanup and reconcile): %s",
+            what,
+            memory_id,
+            len(errors),
+            errors[0],
+        )
 
 
 class ScriptRunner:
@@ -88,16 +102,7 @@ class ScriptRunner:
 
     @staticmethod
     def _log_hint_errors(what: str, memory_id: str, replies: Sequence[Any]) -> None:
-        errors = [r for r in replies if isinstance(r, Exception)]
-        if errors:
-            log.warning(
-                "%s of memory %s: %d index update(s) failed, the rest applied (indexes are "
-                "hints, repaired by cleanup and reconcile): %s",
-                what,
-                memory_id,
-                len(errors),
-                errors[0],
-            )
+        log_hint_errors(what, memory_id, replies)
 
     def _write_hints(self, what: str, memory_id: str, build: Callable[[Any], None]) -> None:
         """Index commands alone, after the memory's write succeeded: failures are logged."""

@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from memory_engine.client import Memory, MemoryClient
-from memory_engine.engine.context import SUMMARY_NOTICE, _select
+from memory_engine.core.context import select_window
+from memory_engine.engine.context import SUMMARY_NOTICE
 from memory_engine.messages import Message
 from memory_engine.settings import Settings
 from memory_engine.tooling.loopback_llm import running_llm_server
@@ -427,7 +428,9 @@ def test_property_window_within_budget_ordered_tool_pairs_intact(
 def _whole_list_window(m: Memory, budget: int) -> list[Message]:
     """The window computed from every stored message (what the partial read must equal)."""
     stored = m.read()
-    return _select(m, budget, [x for x in stored if x.is_system], stored, {})[0]
+    counter = m.client.counter_for(m.resource)
+    systems = [x for x in stored if x.is_system]
+    return select_window(m.resource, counter, budget, systems, stored, {})[0]
 
 
 def test_a_result_at_the_edge_of_the_read_does_not_cut_the_window_short(

@@ -47,7 +47,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("observability", ("memory_engine.metrics", "memory_engine.producer")),
     ("engine", ("memory_engine.engine",)),
-    ("client", ("memory_engine.client",)),
+    ("client", ("memory_engine.client", "memory_engine.aio")),
     ("public api", ("memory_engine",)),  # the package __init__ only (see layer_of)
     # The two top layers never import each other: the service runs tasks, the tooling starts
     # and inspects the service's processes from outside.

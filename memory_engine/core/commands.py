@@ -1,0 +1,257 @@
+"""The per-memory commands other than the append and the flush commit, without I/O: the keys and
+arguments the sync and async stores send (replace, clear, flush marker, record use, delete, the
+index writes an append carries, when an append carries them) and what their replies mean (pages,
+stats, context windows, summaries). Each store sends these its own way; the rules exist once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from memory_engine.core.context import ContextWindow
+from memory_engine.core.plans import Summary
+from memory_engine.messages import MemoryStats, Message, Page, check_int_argument
+
+if TYPE_CHECKING:
+    from memory_engine.core.append import PendingMessage
+    from memory_engine.keys import KeySpace, MemoryKeys
+    from memory_engine.resources import MemoryResource
+
+__all__ = [
+    "FLUSH_MARKER_UNPUBLISHED",
+    "INDEX_MEMO_MAX_ENTRIES",
+    "INDEX_REFRESH_MAX_S",
+    "IndexMemo",
+    "clear_call",
+    "context_call",
+    "decode_context_reply",
+    "decode_flush_marker",
+    "decode_hash",
+    "decode_messages",
+    "decode_replace_reply",
+    "flush_marker_call",
+    "index_writes",
+    "memory_key_names",
+    "page_of",
+    "record_use_call",
+    "replace_call",
+    "stats_from_metadata",
+    "summary_from_hash",
+]
+
+FLUSH_MARKER_UNPUBLISHED = "unpublished"
+"""Flush-marker value that says the marker's ``memory.flush`` task could not be published (the
+broker was down): the marker sweep publishes it (``MemoryStore.claim_unpublished_flush``)."""
+
+INDEX_REFRESH_MAX_S = 60.0
+"""Longest time an append leaves a memory's index scores unrefreshed (``ttl / 10`` if shorter)."""
+INDEX_MEMO_MAX_ENTRIES = 100_000
+"""Bound of the per-store memo of index writes; when full it is emptied (each memory then pays
+one index write again)."""
+
+ScriptCall = tuple[tuple[str, ...], tuple[Any, ...]]
+"""A script's KEYS and ARGV, in the order its header documents."""
+
+
+# ---- the append's index hints ---------------------------------------------------------------
+
+
+class IndexMemo:
+    """When an append carries its memory's index writes (``store/memory.py`` docstring): on a
+    memory's first append through this store, then at most once per
+    ``min(INDEX_REFRESH_MAX_S, ttl / 10)``.
+
+    A plain dict: single operations are atomic under the GIL (and an event loop runs one task at
+    a time); a race costs one redundant ``ZADD``, never a missing one."""
+
+    def __init__(self) -> None:
+        self._indexed_at: dict[str, float] = {}
+
+    def due(self, memory_id: str, now: float, ttl_s: int) -> bool:
+        last = self._indexed_at.get(memory_id)
+        if last is None:
+            return True
+        refresh_s = min(INDEX_REFRESH_MAX_S, ttl_s / 10) if ttl_s > 0 else INDEX_REFRESH_MAX_S
+        # A `now` before the last write (an explicit time in the past) re-indexes too.
+        return not 0.0 <= now - last < refresh_s
+
+    def remember(self, memory_id: str, now: float) -> None:
+        memo = self._indexed_at
+        if len(memo) >= INDEX_MEMO_MAX_ENTRIES:
+            memo.clear()
+        memo[memory_id] = now
+
+
+def index_writes(
+    keyspace: KeySpace, memory_id: str, now: float, ttl_s: int
+) -> list[tuple[str, dict[str, float]]]:
+    """The ``ZADD`` s (index key, ``{member: score}``) that index a memory written at ``now``."""
+    writes = [(keyspace.access_index, {memory_id: now})]
+    if ttl_s > 0:
+        writes.append((keyspace.expiry_index, {memory_id: now + ttl_s}))
+    return writes
+
+
+# ---- writes ------------------------------------------------------------------------------
+
+
+def replace_call(
+    keys: MemoryKeys,
+    messages: Sequence[PendingMessage],
+    *,
+    resource_id: str,
+    ttl_s: int,
+    now: float,
+) -> ScriptCall:
+    """KEYS and ARGV of ``lua/replace.lua``."""
+    args: list[Any] = [
+        repr(now),
+        resource_id,
+        ttl_s * 1000,
+        len(messages),
+        sum(1 for m in messages if m.is_system),
+    ]
+    for m in messages:
+        args.extend((m.body, m.token_count))
+    return (keys.msgs, keys.meta, keys.summary, keys.used), tuple(args)
+
+
+def decode_replace_reply(reply: Sequence[Any]) -> tuple[int, int, int]:
+    """``lua/replace.lua``'s reply as (count, tokens, epoch)."""
+    count, tokens, epoch, _first, _last = reply
+    return int(count), int(tokens), int(epoch)
+
+
+def clear_call(keys: MemoryKeys, now: float) -> ScriptCall:
+    """KEYS and ARGV of ``lua/clear.lua`` (its reply: cleared count, epoch)."""
+    return (keys.msgs, keys.meta, keys.summary, keys.used), (repr(now),)
+
+
+def memory_key_names(keys: MemoryKeys) -> tuple[str, ...]:
+    """Every key of one memory (what ``delete`` removes)."""
+    return (keys.msgs, keys.meta, keys.summary, keys.used, keys.flush, keys.lock)
+
+
+def flush_marker_call(keys: MemoryKeys, ttl_s: int, now: float) -> ScriptCall:
+    """KEYS and ARGV of ``lua/flush_marker.lua``."""
+    return (keys.meta, keys.flush), (repr(now), ttl_s * 1000)
+
+
+def decode_flush_marker(status: Any) -> bool | None:
+    """True: this call set the marker; False: a flush was already pending; None: no memory."""
+    value = int(status)
+    if value < 0:
+        return None
+    return value == 1
+
+
+def record_use_call(
+    keys: MemoryKeys, seqs: Sequence[int], ttl_s: int, now: float
+) -> ScriptCall | None:
+    """KEYS and ARGV of ``lua/record_use.lua``; ``None`` when there is nothing to record."""
+    if not seqs:
+        return None
+    return (keys.meta, keys.used), (repr(now), max(ttl_s, 0), *(str(s) for s in seqs))
+
+
+# ---- reads -------------------------------------------------------------------------------
+
+
+def decode_hash(raw: dict[Any, Any]) -> dict[str, str]:
+    """A hash reply (bytes or str) as text."""
+    return {
+        (k.decode() if isinstance(k, bytes) else str(k)): (
+            v.decode() if isinstance(v, bytes) else str(v)
+        )
+        for k, v in raw.items()
+    }
+
+
+def decode_messages(raw: Sequence[Any], memory_id: str) -> list[Message]:
+    return [Message.from_wire(r, memory_id=memory_id) for r in raw]
+
+
+def summary_from_hash(data: dict[str, str]) -> Summary | None:
+    if not data.get("text"):
+        return None
+    return Summary(
+        text=data["text"],
+        token_count=int(data.get("token_count", 0)),
+        summary_point=int(data.get("summary_point", 0)),
+        covered_count=int(data.get("covered", 0)),
+        source=data.get("source", ""),
+        updated_at=float(data["updated_at"]) if data.get("updated_at") else None,
+    )
+
+
+def context_call(keys: MemoryKeys, budget: int | None) -> ScriptCall:
+    """KEYS and ARGV of ``lua/context.lua`` (``budget`` None: the whole list)."""
+    return (keys.msgs, keys.meta, keys.summary), (-1 if budget is None else budget,)
+
+
+def decode_context_reply(reply: Sequence[Any], memory_id: str) -> ContextWindow:
+    summary_raw, start, tail, systems = reply
+    return ContextWindow(
+        summary=decode_hash(dict(zip(summary_raw[::2], summary_raw[1::2], strict=True))),
+        tail_start=int(start),
+        tail=decode_messages(tail, memory_id),
+        systems=decode_messages(systems, memory_id),
+    )
+
+
+def check_page_arguments(offset: object, limit: object) -> None:
+    check_int_argument("offset", offset, 0)
+    check_int_argument("limit", limit, 1)
+
+
+def page_of(messages: list[Message], total: int, offset: int, limit: int) -> Page:
+    return Page(
+        messages=messages,
+        total=total,
+        offset=offset,
+        limit=limit,
+        has_more=offset + len(messages) < total,
+    )
+
+
+def stats_from_metadata(
+    resource: MemoryResource,
+    memory_id: str,
+    meta: dict[str, str],
+    ttl_s: int,
+    flush_pending: bool,
+    summary: dict[str, str],
+) -> MemoryStats:
+    """``stats()`` from the store's metadata read (meta hash, TTL, marker, summary hash)."""
+    count = int(meta.get("message_count", 0))
+    tokens = int(meta.get("token_count", 0))
+    summary_tokens = int(summary.get("token_count", 0)) if summary.get("text") else 0
+    max_tokens = resource.effective_max_tokens
+    max_messages = resource.max_messages
+    used: list[float] = []
+    if max_tokens:
+        used.append((tokens + summary_tokens) / max_tokens)
+    if max_messages:
+        used.append(count / max_messages)
+    return MemoryStats(
+        key=memory_id,
+        resource_id=resource.id,
+        message_count=count,
+        token_count=tokens,
+        ttl_s=ttl_s,
+        epoch=int(meta.get("epoch", 0)),
+        last_seq=int(meta.get("seq", 0)),
+        max_tokens=max_tokens,
+        max_messages=max_messages,
+        budget_used=round(max(used), 4) if used else None,
+        flush_pending=flush_pending,
+        summary_point=int(summary.get("summary_point", 0)),
+        summary_tokens=summary_tokens,
+        evicted_count=int(meta.get("evicted", 0)),
+        summarized_count=int(meta.get("summarized", 0)),
+        flushed_count=int(meta.get("flushed", 0)),
+        last_flush_at=float(meta["last_flush_at"]) if meta.get("last_flush_at") else None,
+        created_at=float(meta["created_at"]) if meta.get("created_at") else None,
+        updated_at=float(meta["updated_at"]) if meta.get("updated_at") else None,
+    )

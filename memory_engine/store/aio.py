@@ -1,0 +1,296 @@
+"""The store over ``redis.asyncio``: what :class:`~memory_engine.aio.AsyncMemory` sends to Redis.
+
+The same Lua scripts (``store/scripts.py``), the same keys, arguments and reply decoding
+(:mod:`memory_engine.core.append`, :mod:`memory_engine.core.commands`) as the sync
+:class:`~memory_engine.store.memory.MemoryStore`: only the I/O differs. A memory written through
+one is read identically through the other, and both may write it at once (every write is one
+script or one MULTI in Redis).
+
+Like the sync store: index commands are hints sent in the same pipeline as the per-memory write
+(their errors are logged, never raised), ``EVALSHA`` reloads the scripts on NOSCRIPT (the script
+did not run), redis-py errors become :class:`StoreUnavailable` / :class:`StoreError`, and nothing
+is retried (a write whose reply was lost may have run). Unlike it, there is no lean path: calls go
+through ``redis.asyncio``'s own connection pool (``store/connections.py``
+:func:`~memory_engine.store.connections.async_redis_from_settings`).
+
+Cancellation: a task cancelled while its command is in flight leaves the command applied once or
+not at all (one script, never retried), and ``redis.asyncio`` disconnects the connection it was
+reading from, so no later call reads its reply.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis as AsyncRedis
+
+from memory_engine.core.append import (
+    AppendOutcome,
+    PendingMessage,
+    decode_reply,
+    script_arguments,
+)
+from memory_engine.core.commands import (
+    IndexMemo,
+    clear_call,
+    context_call,
+    decode_context_reply,
+    decode_flush_marker,
+    decode_hash,
+    decode_messages,
+    decode_replace_reply,
+    flush_marker_call,
+    index_writes,
+    memory_key_names,
+    record_use_call,
+    replace_call,
+)
+from memory_engine.core.context import ContextWindow
+from memory_engine.keys import KeySpace, MemoryKeys
+from memory_engine.messages import Message
+from memory_engine.store.plumbing import log_hint_errors, translate_errors
+from memory_engine.store.scripts import script_sha, script_source
+
+__all__ = ["AsyncMemoryStore"]
+
+_SCRIPT_NAMES = ("append", "replace", "clear", "context", "flush_marker", "record_use")
+
+
+class AsyncMemoryStore:
+    """Data access for memories over one ``redis.asyncio`` client. Use it from one event loop
+    (the loop its client's connections belong to)."""
+
+    def __init__(self, client: AsyncRedis, keyspace: KeySpace) -> None:
+        self.redis = client
+        self.keyspace = keyspace
+        self._shas = {name: script_sha(name) for name in _SCRIPT_NAMES}
+        self._index_memo = IndexMemo()
+
+    # ---- plumbing ----------------------------------------------------------------------
+
+    async def _load_scripts(self) -> None:
+        for name in _SCRIPT_NAMES:
+            self._shas[name] = str(await self.redis.script_load(script_source(name)))
+
+    async def _call_script(
+        self, what: str, name: str, keys: Sequence[str], args: Sequence[Any]
+    ) -> Any:
+        """One ``EVALSHA``; on NOSCRIPT (it did not run) load the scripts and send it again."""
+        with translate_errors(what):
+            try:
+                return await self.redis.evalsha(self._shas[name], len(keys), *keys, *args)
+            except redis_errors.NoScriptError:
+                await self._load_scripts()
+                return await self.redis.evalsha(self._shas[name], len(keys), *keys, *args)
+
+    async def _run_pipeline(
+        self, what: str, build: Callable[[Any], None], *, transaction: bool
+    ) -> list[Any]:
+        with translate_errors(what):
+            pipe = self.redis.pipeline(transaction=transaction)
+            build(pipe)
+            return list(await pipe.execute())
+
+    async def _run_with_hints(self, what: str, memory_id: str, build: Callable[[Any], None]) -> Any:
+        """One pipeline: a per-memory write first, then index commands (hints). Returns the
+        write's reply and raises its error; errors of the index commands are logged."""
+        with translate_errors(what):
+            for attempt in (0, 1):
+                pipe = self.redis.pipeline(transaction=False)
+                build(pipe)
+                replies = list(await pipe.execute(raise_on_error=False))
+                first = replies[0]
+                if isinstance(first, redis_errors.NoScriptError) and not attempt:
+                    await self._load_scripts()
+                    continue
+                if isinstance(first, Exception):
+                    raise first
+                log_hint_errors(what, memory_id, replies[1:])
+                return first
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _write_hints(self, what: str, memory_id: str, build: Callable[[Any], None]) -> None:
+        """Index commands alone, after the memory's write succeeded: failures are logged."""
+        try:
+            with translate_errors(what):
+                pipe = self.redis.pipeline(transaction=False)
+                build(pipe)
+                replies: list[Any] = list(await pipe.execute(raise_on_error=False))
+        except Exception as exc:  # a hint: the write it follows has happened
+            replies = [exc]
+        log_hint_errors(what, memory_id, replies)
+
+    def _add_index_commands(self, pipe: Any, memory_id: str, now: float, ttl_s: int) -> None:
+        for index, mapping in index_writes(self.keyspace, memory_id, now, ttl_s):
+            pipe.zadd(index, mapping)
+
+    # ---- writes ------------------------------------------------------------------------
+
+    async def append(
+        self,
+        keys: MemoryKeys,
+        messages: Sequence[PendingMessage],
+        *,
+        resource_id: str,
+        ttl_s: int,
+        token_threshold: int,
+        message_threshold: int,
+        marker_ttl_s: int,
+        tracks_use: bool = False,
+        token_ceiling: int = 0,
+        message_ceiling: int = 0,
+        refuse_over_ceiling: bool = False,
+        now: float | None = None,
+    ) -> AppendOutcome:
+        """Append atomically in one round trip (``MemoryStore.append`` documents the rest)."""
+        now = time.time() if now is None else now
+        arguments = script_arguments(
+            keys,
+            messages,
+            resource_id=resource_id,
+            ttl_s=ttl_s,
+            token_threshold=token_threshold,
+            message_threshold=message_threshold,
+            marker_ttl_s=marker_ttl_s,
+            tracks_use=tracks_use,
+            token_ceiling=token_ceiling,
+            message_ceiling=message_ceiling,
+            refuse_over_ceiling=refuse_over_ceiling,
+            now=now,
+        )
+        script_keys, static, dynamic = arguments.keys, arguments.static, arguments.dynamic
+        memory_id = keys.memory_id
+        index_due = self._index_memo.due(memory_id, now, ttl_s)
+        if index_due:
+            sha = self._shas["append"]
+
+            def build(pipe: Any) -> None:
+                pipe.evalsha(sha, len(script_keys), *script_keys, *static, *dynamic)
+                self._add_index_commands(pipe, memory_id, now, ttl_s)
+
+            reply = await self._run_with_hints("append", memory_id, build)
+        else:
+            reply = await self._call_script("append", "append", script_keys, (*static, *dynamic))
+        outcome, created = decode_reply(reply, memory_id, arguments)
+        if created and not index_due:
+            await self._write_hints(
+                "index memory",
+                memory_id,
+                lambda pipe: self._add_index_commands(pipe, memory_id, now, ttl_s),
+            )
+        if index_due or created:
+            self._index_memo.remember(memory_id, now)
+        return outcome
+
+    async def replace(
+        self,
+        keys: MemoryKeys,
+        messages: Sequence[PendingMessage],
+        *,
+        resource_id: str,
+        ttl_s: int,
+        now: float | None = None,
+    ) -> tuple[int, int, int]:
+        """Replace all messages; keep the TTL, bump the epoch. -> (count, tokens, epoch)."""
+        now = time.time() if now is None else now
+        script_keys, args = replace_call(
+            keys, messages, resource_id=resource_id, ttl_s=ttl_s, now=now
+        )
+        sha = self._shas["replace"]
+
+        def build(pipe: Any) -> None:
+            pipe.evalsha(sha, len(script_keys), *script_keys, *args)
+            pipe.zadd(self.keyspace.access_index, {keys.memory_id: now})
+
+        return decode_replace_reply(await self._run_with_hints("replace", keys.memory_id, build))
+
+    async def clear(self, keys: MemoryKeys, now: float | None = None) -> int:
+        """Remove all messages and the summary; keep metadata. Returns how many were cleared."""
+        call = clear_call(keys, time.time() if now is None else now)
+        cleared, _epoch = await self._call_script("clear", "clear", *call)
+        return int(cleared)
+
+    async def delete(self, keys: MemoryKeys) -> bool:
+        """Remove every key of the memory and its index entries (hints). True if it existed."""
+
+        def build(pipe: Any) -> None:
+            pipe.delete(*memory_key_names(keys))
+            for index in (
+                self.keyspace.expiry_index,
+                self.keyspace.access_index,
+                self.keyspace.pending_index,
+            ):
+                pipe.zrem(index, keys.memory_id)
+
+        return bool(await self._run_with_hints("delete", keys.memory_id, build))
+
+    async def set_flush_marker(
+        self, keys: MemoryKeys, ttl_s: int, now: float | None = None
+    ) -> bool | None:
+        """SET NX the flush marker of an existing memory, then index it. True: set by this call;
+        False: a flush was already pending; None: no such memory (nothing written)."""
+        now = time.time() if now is None else now
+        call = flush_marker_call(keys, ttl_s, now)
+        was_set = decode_flush_marker(
+            await self._call_script("set flush marker", "flush_marker", *call)
+        )
+        if was_set:
+            await self._write_hints(
+                "index pending flush",
+                keys.memory_id,
+                lambda pipe: pipe.zadd(self.keyspace.pending_index, {keys.memory_id: now}, nx=True),
+            )
+        return was_set
+
+    async def record_use(
+        self, keys: MemoryKeys, seqs: Sequence[int], ttl_s: int, now: float | None = None
+    ) -> None:
+        """LRU bookkeeping (``lua/record_use.lua``), only while the memory exists."""
+        call = record_use_call(keys, seqs, ttl_s, time.time() if now is None else now)
+        if call is not None:
+            await self._call_script("record use", "record_use", *call)
+
+    # ---- reads -----------------------------------------------------------------------
+
+    async def read(self, keys: MemoryKeys) -> list[Message]:
+        with translate_errors("read"):
+            raw = await self.redis.lrange(keys.msgs, 0, -1)
+        return decode_messages(raw, keys.memory_id)
+
+    async def read_page(
+        self, keys: MemoryKeys, offset: int, limit: int
+    ) -> tuple[list[Message], int]:
+        def build(pipe: Any) -> None:
+            pipe.llen(keys.msgs)
+            pipe.lrange(keys.msgs, offset, offset + limit - 1)
+
+        total, raw = await self._run_pipeline("read page", build, transaction=True)
+        return decode_messages(raw, keys.memory_id), int(total)
+
+    async def context_window(self, keys: MemoryKeys, budget: int | None) -> ContextWindow:
+        """What ``context()`` reads, in one round trip (``lua/context.lua``)."""
+        reply = await self._call_script("context", "context", *context_call(keys, budget))
+        return decode_context_reply(reply, keys.memory_id)
+
+    async def metadata(self, keys: MemoryKeys) -> tuple[dict[str, str], int, bool, dict[str, str]]:
+        """(meta hash, ttl in seconds as Redis reports it, flush pending, summary hash)."""
+
+        def build(pipe: Any) -> None:
+            pipe.hgetall(keys.meta)
+            pipe.ttl(keys.meta)
+            pipe.exists(keys.flush)
+            pipe.hgetall(keys.summary)
+
+        meta, ttl, pending, summary = await self._run_pipeline("stats", build, transaction=True)
+        return decode_hash(meta), int(ttl), bool(pending), decode_hash(summary)
+
+    async def resource_id(self, keys: MemoryKeys) -> str | None:
+        """The resource the memory was created with (``None``: no metadata)."""
+        with translate_errors("read resource"):
+            value = await self.redis.hget(keys.meta, "resource_id")
+        if value is None:
+            return None
+        return value.decode() if isinstance(value, bytes) else str(value)
