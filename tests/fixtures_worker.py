@@ -19,48 +19,25 @@ from celery.contrib.testing.worker import start_worker
 from memory_engine.client import MemoryClient
 from memory_engine.settings import Settings
 from memory_engine.task_contract import QUEUES
+from tests.builders import fifo, hybrid, resource_yaml, resources_yaml
 
-WORKER_RESOURCES = """
-resource: memory
-id: fifo-small
-type: message_count_based
-max_messages: 10
-flushing: {type: simple_fifo, summarize_threshold: 0.8}
-persistence: {ttl: 1h}
-default_key_template: "fifo:{{ workflow.input.conv }}"
----
-resource: memory
-id: tok-small
-type: token_based
-max_tokens: 300
-flushing: {type: simple_fifo, summarize_threshold: 0.8}
-persistence: {ttl: 1h}
-default_key_template: "tok:{{ workflow.input.conv }}"
----
-resource: memory
-id: hybrid-small
-type: token_based
-max_tokens: 600
-flushing: {type: hybrid_summary, summarize_threshold: 0.8, summary_tokens: 80}
-persistence: {ttl: 1h}
-default_key_template: "hyb:{{ workflow.input.conv }}"
----
-resource: memory
-id: evict-small
-type: message_count_based
-max_messages: 10
-flushing: {type: hybrid_summary, summarize_threshold: 1.0, summary_tokens: 50}
-eviction: {policy: fifo}
-persistence: {ttl: 1h}
-default_key_template: "ev:{{ workflow.input.conv }}"
----
-resource: memory
-id: short-ttl
-type: message_count_based
-max_messages: 100
-persistence: {ttl: 1s}
-default_key_template: "ttl:{{ workflow.input.conv }}"
-"""
+WORKER_RESOURCES = resources_yaml(
+    resource_yaml("fifo-small", max_messages=10, flushing=fifo(), key_prefix="fifo"),
+    resource_yaml(
+        "tok-small", type="token_based", max_tokens=300, flushing=fifo(), key_prefix="tok"
+    ),
+    resource_yaml(
+        "hybrid-small", type="token_based", max_tokens=600, flushing=hybrid(80), key_prefix="hyb"
+    ),
+    resource_yaml(
+        "evict-small",
+        max_messages=10,
+        flushing=hybrid(50, threshold=1.0),
+        eviction={"policy": "fifo"},
+        key_prefix="ev",
+    ),
+    resource_yaml("short-ttl", max_messages=100, ttl="1s", key_prefix="ttl"),
+)
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:

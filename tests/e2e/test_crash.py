@@ -27,6 +27,7 @@ from memory_engine.client import Memory, MemoryClient
 from memory_engine.task_contract import QUEUE_FLUSH, QUEUE_SUMMARIZE, TASK_FLUSH, TASK_SUMMARIZE
 from memory_engine.tooling.embedded_redis import EmbeddedRedis
 from memory_engine.tooling.loopback_llm import running_llm_server
+from tests.builders import fifo, hybrid, resource_yaml, resources_yaml
 from tests.fixtures_worker import wait_for
 from tests.integration.helpers import ctx
 from tests.integration.procs import (
@@ -46,25 +47,11 @@ LOCK_TTL_S = 2  # below the visibility timeout: a redelivered flush never meets 
 PAUSE_MS = 60_000  # an upper bound; every pause is lifted explicitly
 REDELIVERY_TIMEOUT_S = VISIBILITY_TIMEOUT_S + 25
 
-CRASH_RESOURCES = f"""
-resource: memory
-id: crash-fifo
-type: message_count_based
-max_messages: 10
-flushing: {{type: simple_fifo, summarize_threshold: 0.8}}
-locking: {{flush_ttl: {LOCK_TTL_S}s}}
-persistence: {{ttl: 1h}}
-default_key_template: "crash-fifo:{{{{ workflow.input.conv }}}}"
----
-resource: memory
-id: crash-hybrid
-type: message_count_based
-max_messages: 10
-flushing: {{type: hybrid_summary, summarize_threshold: 0.8, summary_tokens: 80}}
-locking: {{flush_ttl: {LOCK_TTL_S}s}}
-persistence: {{ttl: 1h}}
-default_key_template: "crash-hybrid:{{{{ workflow.input.conv }}}}"
-"""
+CRASH_LOCKING = {"flush_ttl": f"{LOCK_TTL_S}s"}
+CRASH_RESOURCES = resources_yaml(
+    resource_yaml("crash-fifo", max_messages=10, flushing=fifo(), locking=CRASH_LOCKING),
+    resource_yaml("crash-hybrid", max_messages=10, flushing=hybrid(80), locking=CRASH_LOCKING),
+)
 
 
 broker_url = pytest.fixture(private_broker)

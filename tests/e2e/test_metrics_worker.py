@@ -26,6 +26,7 @@ from memory_engine.client import Memory, MemoryClient
 from memory_engine.task_contract import QUEUES, TASK_CLEANUP, TASK_EVICT, TASK_FLUSH
 from memory_engine.tooling.embedded_redis import free_port
 from memory_engine.tooling.loopback_llm import FakeLLMServer, running_llm_server
+from tests.builders import fifo, hybrid, resource_yaml, resources_yaml
 from tests.fixtures_worker import broker_url_for, wait_for
 from tests.integration.helpers import ctx
 from tests.integration.procs import (
@@ -42,23 +43,10 @@ FLUSHES = 4
 SLOW_SUMMARY_S = 4.0  # the summarizer's LLM answers after this long: SUMMARIZING is observable
 TASK_TIMEOUT_S = 30.0
 
-RESOURCES = """
-resource: memory
-id: mw-fifo
-type: message_count_based
-max_messages: 10
-flushing: {type: simple_fifo, summarize_threshold: 0.8}
-persistence: {ttl: 1h}
-default_key_template: "mw-fifo:{{ workflow.input.conv }}"
----
-resource: memory
-id: mw-hybrid
-type: message_count_based
-max_messages: 10
-flushing: {type: hybrid_summary, summarize_threshold: 0.8, summary_tokens: 80}
-persistence: {ttl: 1h}
-default_key_template: "mw-hyb:{{ workflow.input.conv }}"
-"""
+RESOURCES = resources_yaml(
+    resource_yaml("mw-fifo", max_messages=10, flushing=fifo()),
+    resource_yaml("mw-hybrid", max_messages=10, flushing=hybrid(80), key_prefix="mw-hyb"),
+)
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

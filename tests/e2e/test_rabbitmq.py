@@ -49,6 +49,7 @@ from memory_engine.task_contract import (
 )
 from memory_engine.tooling.embedded_redis import EmbeddedRedis
 from memory_engine.tooling.health import CheckStatus, check_health
+from tests.builders import fifo, resource_yaml
 from tests.fixtures_worker import wait_for
 from tests.integration.helpers import ctx
 from tests.integration.procs import (
@@ -308,16 +309,9 @@ def test_malformed_messages_neither_stop_the_worker_nor_reach_its_log(
 
 # ---- a SIGKILLed worker's task comes back at once ----------------------------------------------
 
-CRASH_RESOURCES = """
-resource: memory
-id: crash-fifo
-type: message_count_based
-max_messages: 10
-flushing: {type: simple_fifo, summarize_threshold: 0.8}
-locking: {flush_ttl: 2s}
-persistence: {ttl: 1h}
-default_key_template: "crash-fifo:{{ workflow.input.conv }}"
-"""
+CRASH_RESOURCES = resource_yaml(
+    "crash-fifo", max_messages=10, flushing=fifo(), locking={"flush_ttl": "2s"}
+)
 PAUSE_MS = 60_000  # an upper bound; the pause is lifted explicitly
 REDELIVERY_BOUND_S = 10.0
 """Far below any visibility timeout (the default is task_time_limit_s * 2 + 60 = 660 s)."""

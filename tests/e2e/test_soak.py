@@ -30,6 +30,7 @@ from memory_engine.errors import MemoryEngineError
 from memory_engine.settings import Settings
 from memory_engine.store.locks import MemoryLock
 from memory_engine.task_contract import QUEUES
+from tests.builders import hybrid, resource_yaml
 from tests.fixtures_worker import broker_url_for, wait_for
 from tests.integration.accounting import Ledger, account_memory, assert_all_accounted
 from tests.integration.helpers import client_with, ctx, resource
@@ -50,16 +51,9 @@ WIPE_INTERVAL_S = 0.2
 DRAIN_TIMEOUT_S = 60.0
 FILLER_WORDS = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta")
 
-SOAK_RESOURCE = """
-resource: memory
-id: soak
-type: token_based
-max_tokens: 400
-flushing: {type: hybrid_summary, summarize_threshold: 0.8, summary_tokens: 60}
-eviction: {policy: fifo}
-persistence: {ttl: 1h}
-default_key_template: "soak:{{ workflow.input.conv }}"
-"""
+SOAK_RESOURCE = resource_yaml(
+    "soak", type="token_based", max_tokens=400, flushing=hybrid(60), eviction={"policy": "fifo"}
+)
 
 
 def soak_seconds() -> float:

@@ -25,6 +25,7 @@ from memory_engine.summarizers import FALLBACK_SOURCE
 from memory_engine.task_contract import QUEUE_SUMMARIZE, TASK_SUMMARIZE
 from memory_engine.tooling.embedded_redis import free_port
 from memory_engine.tooling.loopback_llm import FakeLLMServer, running_llm_server
+from tests.builders import hybrid, resource_yaml
 from tests.fixtures_worker import wait_for
 from tests.integration.accounting import Ledger, assert_all_accounted
 from tests.integration.helpers import ctx
@@ -47,15 +48,7 @@ TRIAL_LATENCY_S = 2.0
 TASK_TIMEOUT_S = 60.0
 RESOURCE_ID = "pool-hybrid"
 
-RESOURCES = f"""
-resource: memory
-id: {RESOURCE_ID}
-type: message_count_based
-max_messages: 10
-flushing: {{type: hybrid_summary, summarize_threshold: 0.8, summary_tokens: 80}}
-persistence: {{ttl: 1h}}
-default_key_template: "pool:{{{{ workflow.input.conv }}}}"
-"""
+RESOURCES = resource_yaml(RESOURCE_ID, max_messages=10, flushing=hybrid(80), key_prefix="pool")
 
 broker_url = pytest.fixture(private_broker, scope="module")
 

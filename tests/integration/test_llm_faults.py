@@ -39,6 +39,7 @@ from memory_engine.settings import Settings
 from memory_engine.summarizers import FALLBACK_SOURCE
 from memory_engine.task_contract import QUEUE_FLUSH, QUEUE_SUMMARIZE
 from memory_engine.tooling.loopback_llm import FakeLLMServer, running_llm_server
+from tests.builders import resource_yaml
 from tests.fixtures_worker import broker_url_for, wait_for
 
 from .helpers import client_with, ctx, resource
@@ -246,9 +247,13 @@ def test_a_worker_falls_back_at_once_when_another_process_opened_the_breaker(
     resources_dir = tmp_path / "resources"
     resources_dir.mkdir()
     (resources_dir / "faults.yaml").write_text(
-        "resource: memory\nid: llm-hybrid\ntype: token_based\nmax_tokens: 100000\n"
-        "flushing: {type: hybrid_summary, summary_tokens: 80}\npersistence: {ttl: 1h}\n"
-        'default_key_template: "conv:{{ workflow.input.conv }}"\n'
+        resource_yaml(
+            "llm-hybrid",
+            type="token_based",
+            max_tokens=100000,
+            flushing={"type": "hybrid_summary", "summary_tokens": 80},
+            key_prefix="conv",
+        )
     )
     llm.mode = "hang"
     env = memory_env(

@@ -31,6 +31,7 @@ from memory_engine.settings import Settings
 from memory_engine.task_contract import QUEUE_FLUSH, QUEUES, TASK_EVICT, TASK_FLUSH, TASK_SUMMARIZE
 from memory_engine.tooling.embedded_redis import EmbeddedRedis
 from memory_engine.tooling.loopback_llm import FakeLLMServer, running_llm_server
+from tests.builders import hybrid, resource_yaml
 from tests.fixtures_worker import wait_for
 
 from .helpers import client_with, ctx, resource
@@ -46,15 +47,9 @@ HYBRID = resource(
     max_tokens=300,
     flushing={"type": "hybrid_summary", "summarize_threshold": 0.8, "summary_tokens": 60},
 )
-HYBRID_YAML = """
-resource: memory
-id: hyb
-type: token_based
-max_tokens: 300
-flushing: {type: hybrid_summary, summarize_threshold: 0.8, summary_tokens: 60}
-persistence: {ttl: 1h}
-default_key_template: "conv:{{ workflow.input.conv }}"
-"""
+HYBRID_YAML = resource_yaml(
+    "hyb", type="token_based", max_tokens=300, flushing=hybrid(60), key_prefix="conv"
+)
 
 
 def assert_no_secret(text: str, where: str) -> None:
