@@ -149,7 +149,8 @@ class AsyncMemory:
         self.client = client
         self.sync = memory  # the same memory through the sync client (threads use it)
         self.resource: MemoryResource = memory.resource
-        self.key: str = memory.key
+        self.memory_id: str = memory.memory_id
+        self.key: str = memory.memory_id  # the former name of memory_id (deprecated)
         self.keys: MemoryKeys = memory.keys
         # A provider-aware counter may call an HTTP API: keep it off the loop.
         self._offload = memory.resource.token_provider is not None

@@ -220,7 +220,9 @@ class Memory:
     def __init__(self, client: MemoryClient, resource: MemoryResource, memory_id: str) -> None:
         self.client = client
         self.resource = resource
-        self.key = memory_id
+        self.memory_id = memory_id
+        """``<project>:<rendered key>``: what every task, log line and metric names it by."""
+        self.key = memory_id  # the former name of memory_id, kept for callers (deprecated)
         self.keys: MemoryKeys = client.keyspace.memory(memory_id)
 
     def __repr__(self) -> str:

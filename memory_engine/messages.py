@@ -1,9 +1,9 @@
 """Value objects: messages and the results the client returns. Frozen; each owns its wire format.
 
 Wire format of a stored message (one JSON string per LIST element), with short field names
-because they are repeated in every element (bench/memory_usage.py: 1.59x -> 1.38x the bytes of
-role plus content). ``s`` (seq) is always the first field and ``t`` (token count) the second, so
-Lua scripts read both with one ``string.match`` and never decode JSON::
+because they are repeated in every element (docs/performance.md, memory per message). ``s``
+(seq) is always the first field and ``t`` (token count) the second, so Lua scripts read both with
+one ``string.match`` and never decode JSON::
 
     {"s":17,"t":12,"r":"user","c":"hi","ts":1732550000123, ...}
 

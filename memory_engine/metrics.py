@@ -16,13 +16,13 @@ multiprocess mode (``worker/metrics.py``) before anything records, and :func:`re
 fresh set after such a switch.
 
 Recording sits on the append hot path, so it is kept cheap and free of locks: an append puts one
-tuple on a queue (``collections.deque.append``, atomic under the GIL, ~0.3 us), and the queue is
+tuple on a queue (``collections.deque.append``, atomic under the GIL), and the queue is
 folded into the instruments in batches: by the append that finds :data:`APPEND_DRAIN_AT` entries
 waiting, and by every collection (a scrape, ``registry.get_sample_value``), through a collector
 registered ahead of the instruments, so what a scrape reports includes every append that returned
 before it. Recording each append straight into prometheus_client's instruments took five lock
-round trips per append; with eight threads appending, that contention cost ~7 % of throughput
-(``bench/append.py``). In multiprocess mode (Celery workers) every append is folded at once: the
+round trips per append, and with several threads appending that contention cost throughput
+(docs/performance.md). In multiprocess mode (Celery workers) every append is folded at once: the
 scraping process cannot drain another process's queue. The label children of a resource are bound
 once and cached (no ``.labels()`` lookup per fold).
 

@@ -57,10 +57,9 @@ NAME_OVERHEAD_TOKENS = 1
 DEFAULT_TOKEN_CACHE_ENTRIES = 65536
 """Entries in each counter's LRU cache of text -> token count (about 100 bytes each)."""
 
-# Measured (tiktoken 0.14, cl100k): a cache hit costs about 0.6-1.0 us (utf-8 encode, blake2b,
-# LRU reorder) while encoding 16 chars costs 1.4 us and 64 chars 2.4-3.8 us. Below this length
-# a miss costs as much as a hit saves, and short strings (names, ids, "ok") would only churn the
-# LRU, so they are encoded directly.
+# A cache hit (utf-8 encode, blake2b, LRU reorder) costs about as much as encoding a short text
+# (docs/performance.md): below this length a miss costs as much as a hit saves, and short strings
+# (names, ids, "ok") would only churn the LRU, so they are encoded directly.
 _CACHE_MIN_CHARS = 64
 
 _DIGEST_BYTES = 16
@@ -102,8 +101,9 @@ class TokenCounter:
         self._requested = requested_encoding_for(model)
         self._encoding, self._exact = resolve_encoding(self._requested, allow_download)
         self._allow_download = allow_download
-        # An OrderedDict (C) as the LRU: an insert that evicts costs 0.8 us against 2.3 us for
-        # cachetools.LRUCache (pure Python), and most texts are misses (chat messages are unique).
+        # An OrderedDict (C) as the LRU: an insert that evicts costs a third of what
+        # cachetools.LRUCache (pure Python) does, and most texts are misses (chat messages are
+        # unique).
         # Keys are digests alone: the cache belongs to this counter, hence to one encoding.
         self._cache: OrderedDict[bytes, int] | None = OrderedDict() if cache_size else None
         self._cache_size = cache_size

@@ -1,12 +1,11 @@
 """A lean path for the one command of the append hot path: ``EVALSHA`` packed here, sent on a
 connection borrowed from the client's own pool and kept in a small free list (a :class:`Lane`).
 
-Why: redis-py's ``execute_command`` spends about 20 us of CPU per call around the socket (retry
-wrapper, observability hooks, generic argument encoding, response callbacks), and its pool's
-``get_connection``/``release`` another ~6 us (lock, bookkeeping, four observability calls, an
-event dispatch); for a ~100 us append that is a quarter of its latency, and with eight threads
-sharing one GIL it bounds throughput (``bench/profile_append.py``). This module keeps what matters
-from that path and drops the rest:
+Why: around the socket, redis-py's ``execute_command`` runs a retry wrapper, observability hooks,
+generic argument encoding and response callbacks, and its pool's ``get_connection``/``release``
+take a lock, keep books and dispatch events; for an append that is a large share of its latency,
+and with several threads sharing one GIL it bounds throughput (measured in docs/performance.md,
+``bench/profile_append.py``). This module keeps what matters from that path and drops the rest:
 
 - connections come from the client's pool (``get_connection``), so pool limits, health checks,
   TLS/Unix-socket connection classes all still apply; a lane keeps at most

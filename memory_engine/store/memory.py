@@ -15,7 +15,7 @@ applied write failed, and an append retried on that error would be stored twice.
 Index scores may lag (the append hot path): an append writes the two index entries of a memory
 only when this store has not written them within ``min(INDEX_REFRESH_MAX_S, ttl / 10)``; the
 appends in between are a lone ``EVALSHA`` sent on the lean path of :mod:`memory_engine.store.lane`
-(about 60 us of client time less than a redis-py pipeline carrying the two ``ZADD`` s). So an
+(cheaper for the client than a redis-py pipeline carrying the two ``ZADD`` s). So an
 entry's score can be up to 60 s older than the memory's last append, and that is harmless:
 
 - expiry index: a stale score is earlier than the real expiry, and cleanup

@@ -120,7 +120,7 @@ class ScriptRunner:
             self._shas[name] = str(self.redis.script_load(src))
 
     def _call_script(self, what: str, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """One ``EVALSHA`` as a plain command (a pipeline of one costs ~40 us more in redis-py);
+        """One ``EVALSHA`` as a plain command (a pipeline of one costs more in redis-py);
         reload the scripts and retry once on NOSCRIPT (the script did not run)."""
         with translate_errors(what):
             try:
