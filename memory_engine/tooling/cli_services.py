@@ -126,6 +126,7 @@ def demo(
     """Start Redis (unless configured) and a worker, simulate agent conversations, report the
     flushes, then stop everything it started."""
     from memory_engine.tooling import demo as demo_module
+    from memory_engine.tooling import demo_render
     from memory_engine.tooling.processes import (
         ShutdownRequested,
         raise_if_shutdown_requested,
@@ -144,7 +145,7 @@ def demo(
         turn_delay_ms=turn_delay_ms,
         keep=keep,
     )
-    hooks = demo_module.DemoHooks() if json_output else demo_module.rich_hooks(stderr_console())
+    hooks = demo_module.DemoHooks() if json_output else demo_render.rich_hooks(stderr_console())
     try:
         with shutdown_on_signals():
             report = demo_module.run_demo(cli_settings(), options, hooks)
@@ -155,7 +156,7 @@ def demo(
     if json_output:
         emit_json(report.as_dict())
     else:
-        demo_module.render_report(report, stdout_console())
+        demo_render.render_report(report, stdout_console())
     if not report.as_dict()["ok"]:
         raise typer.Exit(EXIT_FAILURE)
 
