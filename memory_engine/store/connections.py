@@ -20,9 +20,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.connection import SSLConnection, parse_url
-from redis.exceptions import ClusterDownError, SlotNotCoveredError
+from redis.exceptions import ClusterDownError, ConnectionError, ResponseError, SlotNotCoveredError
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelManagedConnection
 
 from memory_engine.settings import Settings
 
@@ -54,6 +54,32 @@ class EngineCluster(RedisCluster):
     """
 
     ERRORS_ALLOW_RETRY = (ClusterDownError, SlotNotCoveredError)  # type: ignore[assignment]
+
+
+class _SentinelMasterConnection(SentinelManagedConnection):
+    """A connection to the master the sentinels name, which also lets go of a master that
+    refuses writes with ``NOREPLICAS``.
+
+    redis-py reconnects (asking the sentinels again) when a demoted master answers
+    ``READONLY``; but after a failover the old master keeps answering as a master until a
+    sentinel reconfigures it, which takes up to its 10 s ``INFO`` period. A master run with
+    ``min-replicas-to-write`` (docs/scaling.md) refuses writes once its replicas stop
+    acknowledging, and that refusal is the earliest sign: drop the connection, so the next
+    command asks the sentinels where the master is. A refusal by a master that is still the
+    master costs one reconnect. The write did not run either way."""
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().read_response(*args, **kwargs)
+        except ResponseError as exc:
+            if str(exc).startswith("NOREPLICAS"):
+                self.disconnect()  # type: ignore[no-untyped-call]
+                raise ConnectionError(f"the master refused the write: {exc}") from exc
+            raise
+
+
+class _SentinelMasterSSLConnection(_SentinelMasterConnection, SSLConnection):
+    pass
 
 
 RedisClient: TypeAlias = redis.Redis | RedisCluster
@@ -136,7 +162,7 @@ def _sentinel_master(settings: Settings, url: str, options: dict[str, Any]) -> r
         str(settings.redis_sentinel_master),
         max_connections=settings.redis_max_connections,
         retry=Retry(NoBackoff(), 0),
-        ssl=tls,
+        connection_class=_SentinelMasterSSLConnection if tls else _SentinelMasterConnection,
     )
     return client
 

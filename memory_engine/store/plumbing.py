@@ -24,6 +24,10 @@ __all__ = ["ScriptRunner", "translate_errors"]
 
 log = logging.getLogger("memory_engine.store.memory")
 
+_NOT_RUN_TRANSIENT = ("NOREPLICAS", "MASTERDOWN")
+"""Error replies that say a write was refused and will be accepted later: a master with too few
+replicas (``min-replicas-to-write``), a replica whose master link is down."""
+
 
 @contextmanager
 def translate_errors(what: str) -> Iterator[None]:
@@ -38,7 +42,28 @@ def translate_errors(what: str) -> Iterator[None]:
         ) from exc
     except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
         raise StoreUnavailable(f"Redis unavailable during {what}: {exc}") from exc
-    except redis_errors.RedisError as exc:
+    except (
+        redis_errors.ClusterDownError,
+        redis_errors.TryAgainError,
+        redis_errors.ClusterError,
+        redis_errors.SlotNotCoveredError,
+    ) as exc:
+        # Redis Cluster mid-failover or mid-resharding: the command did not run (CLUSTERDOWN,
+        # TRYAGAIN while a slot's keys move, redirections past redis-py's limit). Transient.
+        raise StoreUnavailable(f"Redis Cluster unavailable during {what}: {exc}") from exc
+    except redis_errors.ReadOnlyError as exc:
+        # A master demoted by a failover (Sentinel, or a cluster node now a replica): the
+        # write did not run; the next connection finds the new master.
+        raise StoreUnavailable(
+            f"Redis refused a write during {what} (a replica now): {exc}"
+        ) from exc
+    except redis_errors.ResponseError as exc:
+        if str(exc).startswith(_NOT_RUN_TRANSIENT):
+            raise StoreUnavailable(f"Redis unavailable during {what}: {exc}") from exc
+        raise StoreError(f"Redis error during {what}: {exc}") from exc
+    except (redis_errors.RedisError, redis_errors.RedisClusterException) as exc:
+        # RedisClusterException (not a RedisError): the cluster client refused the command
+        # itself (cross-slot keys, no node for a command); a defect, never worth a retry.
         raise StoreError(f"Redis error during {what}: {exc}") from exc
 
 

@@ -219,12 +219,13 @@ class LocalCluster:
                 lambda n=node: n.client().execute_command("CLUSTER INFO")["cluster_state"] == "ok",
                 f"cluster_state:ok on {node.port}",
             )
-        for replica in self.replicas:
+        for node in self.nodes:  # after a failover a former master is a replica, and back
             wait_until(
-                lambda r=replica: (
-                    _info(r.client(), "replication").get("master_link_status") == "up"
+                lambda n=node: (
+                    _info(n.client(), "replication").get("role") == "master"
+                    or _info(n.client(), "replication").get("master_link_status") == "up"
                 ),
-                f"replica {replica.port} in sync",
+                f"replica {node.port} in sync",
             )
 
     @staticmethod
@@ -323,7 +324,14 @@ class LocalSentinels:
     """A master, one replica and three sentinels watching them (quorum 2)."""
 
     def __init__(self, root: Path) -> None:
-        self.master = ServerProcess(root, "master", _base_args())
+        # The master refuses writes once no replica has acknowledged for 1 s: that bounds how
+        # long a demoted master that still has clients accepts writes the promoted replica
+        # never sees (docs/scaling.md, "Sentinel").
+        self.master = ServerProcess(
+            root,
+            "master",
+            [*_base_args(), "--min-replicas-to-write", "1", "--min-replicas-max-lag", "1"],
+        )
         self.replica = ServerProcess(root, "replica", _base_args())
         conf = _SENTINEL_CONF.replace("MASTER_PORT", str(self.master.port))
         self.sentinels = [
@@ -363,15 +371,22 @@ class LocalSentinels:
 
     def failover(self) -> tuple[ServerProcess, ServerProcess]:
         """``SENTINEL FAILOVER``: promote the replica; returns (old master, new master) once the
-        old master has been turned into a replica (from then on it refuses writes)."""
+        sentinels name the new one and the old one refuses writes (``NOREPLICAS``, from
+        ``min-replicas-to-write``, or ``READONLY`` once a sentinel has demoted it): from then on
+        nothing written can be lost."""
         old = self.master if self.master_port() == self.master.port else self.replica
         new = self.replica if old is self.master else self.master
         self.sentinels[0].client().execute_command("SENTINEL FAILOVER", SENTINEL_MASTER)
         wait_until(lambda: self.master_port() == new.port, "the sentinels to name the new master")
-        wait_until(
-            lambda: _info(old.client(), "replication").get("role") == "slave",
-            "the old master to become a replica",
-        )
+
+        def refuses_writes() -> bool:
+            try:
+                old.client().set("failover-probe", "1")
+            except redis.ResponseError as exc:
+                return str(exc).startswith(("NOREPLICAS", "READONLY"))
+            return False
+
+        wait_until(refuses_writes, "the old master to refuse writes")
         return old, new
 
     def close(self) -> None:
