@@ -168,6 +168,18 @@ def test_cluster_maintenance_operations(cluster_client: MemoryClient) -> None:
     assert swept.released == 1 and swept.reflushed == 1  # still at its threshold: flush again
 
 
+def test_health_reads_the_cluster(cluster_client: MemoryClient) -> None:
+    from memory_engine.store.breakers import RedisBreakerStorage
+    from memory_engine.tooling.health import check_breakers, check_redis
+
+    mc = cluster_client
+    storage = RedisBreakerStorage(mc.redis, mc.keyspace, "summarizer.test")
+    storage.state = "open"  # the breaker's hash and the name index sit in different slots
+    assert check_redis(mc.settings).status == "ok"
+    breakers = check_breakers(mc.redis, mc.keyspace)
+    assert "summarizer.test" in str(breakers.as_dict())
+
+
 def test_cluster_accounting_soak(cluster_client: MemoryClient) -> None:
     """Appending threads and inline flushes/evictions on 8 memories for ~3 s: every
     acknowledged message is accounted for and the counters match the lists."""
