@@ -28,6 +28,7 @@ SCRIPTS = (
     "cleanup",
     "memory_usage",
     "summarize_pool",
+    "cluster",
 )
 
 
