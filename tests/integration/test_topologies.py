@@ -405,3 +405,19 @@ def test_tls_with_an_acl_user_confined_to_the_prefix(settings: Settings, tmp_pat
             )
     finally:
         server.close()
+
+
+def test_topology_settings_are_checked_when_built() -> None:
+    from memory_engine.errors import ConfigError
+    from memory_engine.settings import load_settings
+
+    with pytest.raises(ConfigError, match="MEMORY_REDIS_SENTINELS"):
+        load_settings(redis_mode="sentinel")
+    with pytest.raises(ConfigError, match="not host:port"):
+        load_settings(redis_mode="sentinel", redis_sentinels="a:1,b", redis_sentinel_master="m")
+    with pytest.raises(ConfigError, match="cluster"):
+        load_settings(redis_mode="cluster", redis_url="unix:///tmp/r.sock")
+    ok = load_settings(
+        redis_mode="sentinel", redis_sentinels="10.0.0.5:26379, s2:26380", redis_sentinel_master="m"
+    )
+    assert ok.sentinel_addresses() == [("10.0.0.5", 26379), ("s2", 26380)]
