@@ -16,7 +16,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from memory_engine.errors import ConfigError
 
-__all__ = ["DEFAULT_RESOURCES_PACKAGE_DIR", "Settings", "default_resources_dir", "load_settings"]
+__all__ = [
+    "DEFAULT_RESOURCES_PACKAGE_DIR",
+    "RedisMode",
+    "Settings",
+    "default_resources_dir",
+    "load_settings",
+    "parse_sentinels",
+]
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_KEY_PREFIX = "mem"
@@ -63,6 +70,8 @@ BrokerKind = Literal["redis", "amqp", "other"]
 AMQP_URL_SCHEMES = ("amqp", "amqps", "pyamqp")
 """Broker schemes of RabbitMQ (kombu's py-amqp transport; ``amqps`` is TLS)."""
 STANDALONE_REDIS_MODE = "standalone"
+RedisMode = Literal["standalone", "cluster", "sentinel"]
+"""How the memory-data Redis is deployed (``MEMORY_REDIS_MODE``, docs/scaling.md)."""
 
 
 class Settings(BaseSettings):
@@ -110,6 +119,34 @@ class Settings(BaseSettings):
     )
     socket_connect_timeout_s: float = Field(
         default=DEFAULT_CONNECT_TIMEOUT_S, gt=0, le=MAX_SOCKET_TIMEOUT_S, allow_inf_nan=False
+    )
+
+    # --- Redis topology of the memory data (docs/scaling.md)
+    redis_mode: RedisMode = Field(
+        default="standalone",
+        description="standalone: MEMORY_REDIS_URL is the server. cluster: MEMORY_REDIS_URL names "
+        "any node of a Redis Cluster; the client discovers the others and follows MOVED/ASK "
+        "and failovers. sentinel: the master named MEMORY_REDIS_SENTINEL_MASTER is found "
+        "through MEMORY_REDIS_SENTINELS; MEMORY_REDIS_URL then gives only the master's "
+        "credentials, TLS (rediss://, ssl_* query options) and database, not its address.",
+    )
+    redis_sentinels: str | None = Field(
+        default=None,
+        description="Sentinel mode: the sentinels, 'host:port,host:port' (at least one).",
+    )
+    redis_sentinel_master: str | None = Field(
+        default=None, description="Sentinel mode: the master's name as the sentinels know it."
+    )
+    redis_sentinel_username: str | None = Field(
+        default=None, description="Sentinel mode: ACL user of the sentinels (if they need one)."
+    )
+    redis_sentinel_password: SecretStr | None = Field(
+        default=None, description="Sentinel mode: password of the sentinels (if they need one)."
+    )
+    redis_sentinel_tls: bool | None = Field(
+        default=None,
+        description="Sentinel mode: talk TLS to the sentinels. None: as the master (rediss://); "
+        "the ssl_* options of MEMORY_REDIS_URL (CA, certificates) apply to both.",
     )
 
     # --- keys and resources
@@ -225,6 +262,26 @@ class Settings(BaseSettings):
             check_redis_url(value.get_secret_value())
         return value
 
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinels_parse(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_sentinels(value)
+        return value
+
+    @model_validator(mode="after")
+    def _topology_is_complete(self) -> Settings:
+        if self.redis_mode == "cluster" and urlsplit(self.redis_dsn()).scheme == "unix":
+            raise ValueError("redis_mode 'cluster' needs a redis:// or rediss:// node URL")
+        if self.redis_mode == "sentinel" and not (
+            self.redis_sentinels and self.redis_sentinel_master
+        ):
+            raise ValueError(
+                "redis_mode 'sentinel' needs MEMORY_REDIS_SENTINELS (host:port,host:port) and "
+                "MEMORY_REDIS_SENTINEL_MASTER (the master's name)"
+            )
+        return self
+
     @model_validator(mode="after")
     def _limits_are_ordered(self) -> Settings:
         if self.task_soft_time_limit_s >= self.task_time_limit_s:
@@ -244,6 +301,10 @@ class Settings(BaseSettings):
     # --- derived
     def redis_dsn(self) -> str:
         return self.redis_url.get_secret_value() if self.redis_url else DEFAULT_REDIS_URL
+
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """``MEMORY_REDIS_SENTINELS`` as (host, port) pairs (empty outside sentinel mode)."""
+        return parse_sentinels(self.redis_sentinels) if self.redis_sentinels else []
 
     def broker_dsn(self) -> str:
         """The broker URL as redis-py reads it (for direct Redis clients of the broker)."""
@@ -290,9 +351,8 @@ def broker_kind(url: str) -> BrokerKind:
 
 
 def data_redis_mode(settings: Settings) -> str:
-    """``MEMORY_REDIS_MODE`` (the data-Redis block's field ``redis_mode``); ``standalone`` in a
-    build without it."""
-    return str(getattr(settings, "redis_mode", STANDALONE_REDIS_MODE))
+    """``MEMORY_REDIS_MODE``: how the memory-data Redis is deployed."""
+    return settings.redis_mode
 
 
 def service_redis_default(settings: Settings, variable: str) -> str:
@@ -321,6 +381,17 @@ def _check_url_shape(url: str) -> None:
         raise ValueError("is not a valid URL (its port is not a number from 0 to 65535)") from None
     if not parts.scheme:
         raise ValueError("is not a URL (no scheme://)")
+
+
+def parse_sentinels(text: str) -> list[tuple[str, int]]:
+    """``host:port,host:port`` as pairs; ``ValueError`` naming the entry that is wrong."""
+    pairs: list[tuple[str, int]] = []
+    for entry in (e.strip() for e in text.split(",")):
+        host, sep, port = entry.rpartition(":")
+        if not entry or not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"sentinel {entry!r} is not host:port (as in 10.0.0.5:26379)")
+        pairs.append((host.strip("[]"), int(port)))
+    return pairs
 
 
 def check_redis_url(url: str) -> None:

@@ -22,7 +22,7 @@ from memory_engine.errors import ConfigError, StoreUnavailable
 from memory_engine.keys import KeySpace
 
 if TYPE_CHECKING:
-    import redis
+    from memory_engine.store.connections import RedisClient
 
 __all__ = [
     "BREAKER_NAME_PATTERN",
@@ -65,7 +65,7 @@ class RedisBreakerStorage(pybreaker.CircuitBreakerStorage):
     constructor registers the name in the index and never raises for an unreachable Redis.
     """
 
-    def __init__(self, redis: redis.Redis, keyspace: KeySpace, name: str) -> None:
+    def __init__(self, redis: RedisClient, keyspace: KeySpace, name: str) -> None:
         super().__init__("redis")
         if not BREAKER_NAME_PATTERN.match(name):
             raise ConfigError(f"invalid circuit breaker name {name!r}")
@@ -200,7 +200,7 @@ class RedisBreakerStorage(pybreaker.CircuitBreakerStorage):
         self._set("opened_at", f"{now.timestamp():.6f}")
 
 
-def breaker_states(redis: redis.Redis, keyspace: KeySpace) -> dict[str, str]:
+def breaker_states(redis: RedisClient, keyspace: KeySpace) -> dict[str, str]:
     """``{name: state}`` of every breaker registered under ``keyspace``, read from Redis.
 
     Two round trips (the index, then every state in one pipeline), no ``SCAN``. A breaker that is

@@ -65,7 +65,9 @@ class IndexStore:
             pipe = self.redis.pipeline(transaction=False)
             for mid in gone:
                 k = ks.memory(mid)
-                pipe.unlink(k.msgs, k.meta, k.summary, k.used, k.flush, k.lock)
+                # As a raw command: redis-py's cluster pipeline refuses a multi-key unlink()
+                # even when, as here, every key is in one slot.
+                pipe.execute_command("UNLINK", k.msgs, k.meta, k.summary, k.used, k.flush, k.lock)
             if gone:
                 pipe.zrem(ks.expiry_index, *gone)
                 pipe.zrem(ks.access_index, *gone)

@@ -13,11 +13,14 @@ from typing import Any
 import redis
 
 from memory_engine.keys import KeySpace
+from memory_engine.settings import Settings
+from memory_engine.store.connections import redis_from_settings
 
 __all__ = [
     "BeatState",
     "RedisInfo",
     "beat_state",
+    "client_for_settings",
     "client_for_url",
     "flushes_pending",
     "queue_lengths",
@@ -33,6 +36,12 @@ def client_for_url(url: str, *, timeout_s: float, name: str = "memory-engine-ins
     )
 
 
+def client_for_settings(settings: Settings, *, timeout_s: float, name: str) -> Any:
+    """A short-lived client of the memory-data Redis in its mode (standalone, cluster,
+    sentinel), no retries. A cluster client reads the slot map here (it may raise)."""
+    return redis_from_settings(settings, timeout_s=timeout_s, client_name=name)
+
+
 @dataclass(frozen=True, slots=True)
 class RedisInfo:
     latency_ms: float
@@ -44,7 +53,11 @@ def redis_info(client: Any) -> RedisInfo:
     started = time.perf_counter()
     client.ping()
     latency_ms = (time.perf_counter() - started) * 1000
-    return RedisInfo(latency_ms, str(client.info("server").get("redis_version", "?")))
+    info = client.info("server")
+    if "redis_version" not in info and info:
+        # A cluster client answers per node ({node name: info}): report the first node's.
+        info = next(iter(info.values()))
+    return RedisInfo(latency_ms, str(info.get("redis_version", "?")))
 
 
 @dataclass(frozen=True, slots=True)

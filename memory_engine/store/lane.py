@@ -23,9 +23,9 @@ and with several threads sharing one GIL it bounds throughput (measured in docs/
   with retries off for the same reason, ``memory_engine/connections.py``).
 
 Not kept: redis-py's own command metrics (OpenTelemetry) do not see these calls; the engine's
-``memory_append_*`` metrics do. A client this path cannot serve (Redis Cluster, a single-connection
-client, client-side caching, another encoding than UTF-8) gets ``None`` from :func:`lane_for`, and
-callers use the regular redis-py call.
+``memory_append_*`` metrics do. A client this path cannot serve (Redis Cluster, Sentinel, a
+single-connection client, client-side caching, another encoding than UTF-8) gets ``None`` from
+:func:`lane_for`, and callers use the regular redis-py call.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis import exceptions as redis_errors
+from redis.sentinel import SentinelConnectionPool
 
 __all__ = ["LANE_MAX_IDLE", "Lane", "command_head", "lane_for"]
 
@@ -50,6 +51,10 @@ def _pool_of(client: Any) -> Any | None:
     pool = getattr(client, "connection_pool", None)
     if pool is None or getattr(client, "connection", None) is not None:
         return None  # Redis Cluster (no single pool) or a single-connection client
+    if isinstance(pool, SentinelConnectionPool):
+        # Its connections re-ask the sentinels for the master and drop themselves on a
+        # READONLY reply after a failover: redis-py's own call path keeps that behaviour.
+        return None
     if getattr(pool, "cache", None) is not None:
         return None  # client-side caching wraps connections in proxies with their own rules
     kwargs = getattr(pool, "connection_kwargs", {})

@@ -27,6 +27,7 @@ from typing import Any
 import redis
 
 from memory_engine.errors import FlushAlreadyRunning, LockLost
+from memory_engine.store.connections import RedisClient, is_cluster
 from memory_engine.store.plumbing import translate_errors
 from memory_engine.store.scripts import script_source
 
@@ -124,7 +125,7 @@ os.register_at_fork(after_in_child=_reset_after_fork)
 class MemoryLock:
     """``with MemoryLock(r, key, ttl_s):`` -- acquire (fail fast), renew while held, release."""
 
-    def __init__(self, client: redis.Redis, key: str, ttl_s: float, *, what: str = "flush") -> None:
+    def __init__(self, client: RedisClient, key: str, ttl_s: float, *, what: str = "flush") -> None:
         self._redis = client
         self.key = key
         self.ttl_ms = max(1, int(ttl_s * 1000))
@@ -187,6 +188,14 @@ class MemoryLock:
             except redis.RedisError as exc:
                 log.warning("lock %s release failed (it expires by TTL): %s", self.key, exc)
                 return False
+        if is_cluster(self._redis):
+            # The marker and the pending index live in other slots than the lock, and a cluster
+            # pipeline refuses EVALSHA: the commands of ``also`` first, then the release alone.
+            with translate_errors("lock release"):
+                pipe = self._redis.pipeline(transaction=False)
+                also(pipe)
+                pipe.execute()
+                return bool(self._release(keys=[self.key], args=[self.token]))
         with translate_errors("lock release"):
             for attempt in (0, 1):
                 # EVALSHA by hand: a Script called on a pipeline costs a SCRIPT EXISTS round trip.

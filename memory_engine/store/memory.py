@@ -3,7 +3,8 @@
 Writes that touch several keys of one memory are Lua scripts (``store/lua/*.lua``), loaded once
 per store and called by SHA. The global index updates (expiry, last access) ride in the same
 pipeline as separate commands, so they stay out of the per-memory script (Redis Cluster: other
-slots) while still costing no extra round trip on a single node. redis-py errors become
+slots) while still costing no extra round trip on a single node; on a Redis Cluster they follow
+the script as their own pipeline (``ScriptRunner._run_with_hints``). redis-py errors become
 :class:`StoreUnavailable` / :class:`StoreError` here, at the edge.
 
 An error raised by a write means the write did not happen (or, for :class:`StoreUnavailable`, that
@@ -37,7 +38,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import redis
 from redis import exceptions as redis_errors
 
 from memory_engine.core.append import (
@@ -71,6 +71,7 @@ from memory_engine.core.plans import Snapshot, Summary
 from memory_engine.errors import FlushConflict, LockLost
 from memory_engine.keys import KeySpace, MemoryKeys
 from memory_engine.messages import Message
+from memory_engine.store.connections import RedisClient
 from memory_engine.store.indexes import IndexStore
 from memory_engine.store.lane import command_head, lane_for
 from memory_engine.store.locks import MemoryLock
@@ -116,7 +117,7 @@ class CommitResult:
 class MemoryStore(ScriptRunner):
     """Data access for memories. Thread-safe: redis-py's pool hands each call its connection."""
 
-    def __init__(self, client: redis.Redis, keyspace: KeySpace) -> None:
+    def __init__(self, client: RedisClient, keyspace: KeySpace) -> None:
         super().__init__(client, _SCRIPT_NAMES)
         self.keyspace = keyspace
         # When an append carries its memory's index writes (module docstring).
@@ -187,13 +188,12 @@ class MemoryStore(ScriptRunner):
         memory_id = keys.memory_id
         index_due = self._index_memo.due(memory_id, now, ttl_s)
         if index_due:
-            sha = self._shas["append"]
 
-            def build(pipe: Any) -> None:
-                pipe.evalsha(sha, len(script_keys), *script_keys, *static, *dynamic)
+            def hints(pipe: Any) -> None:
                 self._add_index_commands(pipe, memory_id, now, ttl_s)
 
-            reply = self._run_with_hints("append", memory_id, build)
+            write = self.evalsha_command("append", script_keys, (*static, *dynamic))
+            reply = self._run_with_hints("append", memory_id, write, hints)
         else:
             reply = self._send_append(script_keys, static, dynamic)
         outcome, created = decode_reply(reply, memory_id, arguments)
@@ -261,28 +261,30 @@ class MemoryStore(ScriptRunner):
         script_keys, args = replace_call(
             keys, messages, resource_id=resource_id, ttl_s=ttl_s, now=now
         )
-        sha = self._shas["replace"]
 
-        def build(pipe: Any) -> None:
-            pipe.evalsha(sha, len(script_keys), *script_keys, *args)
+        def hints(pipe: Any) -> None:
             pipe.zadd(self.keyspace.access_index, {keys.memory_id: now})
 
-        return decode_replace_reply(self._run_with_hints("replace", keys.memory_id, build))
+        write = self.evalsha_command("replace", script_keys, args)
+        return decode_replace_reply(self._run_with_hints("replace", keys.memory_id, write, hints))
 
     def clear(self, keys: MemoryKeys, now: float | None = None) -> int:
         """Remove all messages and the summary; keep metadata. Returns how many were cleared."""
         now = time.time() if now is None else now
-        cleared, _epoch = self._evalsha("clear", "clear", *clear_call(keys, now))
+        cleared, _epoch = self._call_script("clear", "clear", *clear_call(keys, now))
         return int(cleared)
 
     def delete(self, keys: MemoryKeys) -> bool:
         """Remove every key of the memory and its index entries. True if it existed.
 
-        One round trip: the ``DEL`` of the memory's keys, then its index entries (hints: their
-        failure is logged; cleanup drops entries whose memory is gone)."""
+        One round trip (two on a cluster): the ``DEL`` of the memory's keys (one slot), then its
+        index entries (hints: their failure is logged; cleanup drops entries whose memory is
+        gone)."""
 
-        def build(pipe: Any) -> None:
-            pipe.delete(*memory_key_names(keys))
+        def write(target: Any) -> Any:
+            return target.delete(*memory_key_names(keys))
+
+        def hints(pipe: Any) -> None:
             for index in (
                 self.keyspace.expiry_index,
                 self.keyspace.access_index,
@@ -290,7 +292,7 @@ class MemoryStore(ScriptRunner):
             ):
                 pipe.zrem(index, keys.memory_id)
 
-        return bool(self._run_with_hints("delete", keys.memory_id, build))
+        return bool(self._run_with_hints("delete", keys.memory_id, write, hints))
 
     def commit(
         self,
@@ -412,11 +414,13 @@ class MemoryStore(ScriptRunner):
         return True
 
     def clear_flush_marker(self, keys: MemoryKeys) -> None:
-        def build(pipe: Any) -> None:
-            pipe.delete(keys.flush)
+        def write(target: Any) -> Any:
+            return target.delete(keys.flush)
+
+        def hints(pipe: Any) -> None:
             pipe.zrem(self.keyspace.pending_index, keys.memory_id)
 
-        self._run_with_hints("clear flush marker", keys.memory_id, build)
+        self._run_with_hints("clear flush marker", keys.memory_id, write, hints)
 
     def record_use(
         self, keys: MemoryKeys, seqs: Sequence[int], ttl_s: int, now: float | None = None
@@ -431,7 +435,7 @@ class MemoryStore(ScriptRunner):
     def reconcile(self, keys: MemoryKeys, now: float | None = None) -> int:
         """Recompute counters from the list; returns how many fields were corrected."""
         now = time.time() if now is None else now
-        fixed, _count, _tokens = self._evalsha(
+        fixed, _count, _tokens = self._call_script(
             "reconcile", "reconcile", (keys.msgs, keys.meta), (repr(now),)
         )
         return int(fixed)

@@ -1,6 +1,11 @@
 """Script plumbing every store class shares: redis-py errors translated into the engine's tree,
 ``EVALSHA`` with a reload on NOSCRIPT, and pipelines whose trailing index commands are hints
-(their errors are logged, never raised: the write before them happened)."""
+(their errors are logged, never raised: the write before them happened).
+
+Cluster-safe by construction: a script is sent as a lone command (redis-py's cluster pipeline
+refuses ``EVALSHA``), pipelines with ``transaction=True`` hold keys of one memory only (one
+slot), and index commands (other slots) go in non-transactional pipelines, which redis-py's
+cluster client splits by node. An asyncio store must follow the same three rules."""
 
 from __future__ import annotations
 
@@ -12,11 +17,16 @@ from typing import Any
 from redis import exceptions as redis_errors
 
 from memory_engine.errors import StoreError, StoreUnavailable
+from memory_engine.store.connections import is_cluster
 from memory_engine.store.scripts import script_sha, script_source
 
 __all__ = ["ScriptRunner", "log_hint_errors", "translate_errors"]
 
 log = logging.getLogger("memory_engine.store.memory")
+
+_NOT_RUN_TRANSIENT = ("NOREPLICAS", "MASTERDOWN")
+"""Error replies that say a write was refused and will be accepted later: a master with too few
+replicas (``min-replicas-to-write``), a replica whose master link is down."""
 
 
 @contextmanager
@@ -32,7 +42,28 @@ def translate_errors(what: str) -> Iterator[None]:
         ) from exc
     except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
         raise StoreUnavailable(f"Redis unavailable during {what}: {exc}") from exc
-    except redis_errors.RedisError as exc:
+    except (
+        redis_errors.ClusterDownError,
+        redis_errors.TryAgainError,
+        redis_errors.ClusterError,
+        redis_errors.SlotNotCoveredError,
+    ) as exc:
+        # Redis Cluster mid-failover or mid-resharding: the command did not run (CLUSTERDOWN,
+        # TRYAGAIN while a slot's keys move, redirections past redis-py's limit). Transient.
+        raise StoreUnavailable(f"Redis Cluster unavailable during {what}: {exc}") from exc
+    except redis_errors.ReadOnlyError as exc:
+        # A master demoted by a failover (Sentinel, or a cluster node now a replica): the
+        # write did not run; the next connection finds the new master.
+        raise StoreUnavailable(
+            f"Redis refused a write during {what} (a replica now): {exc}"
+        ) from exc
+    except redis_errors.ResponseError as exc:
+        if str(exc).startswith(_NOT_RUN_TRANSIENT):
+            raise StoreUnavailable(f"Redis unavailable during {what}: {exc}") from exc
+        raise StoreError(f"Redis error during {what}: {exc}") from exc
+    except (redis_errors.RedisError, redis_errors.RedisClusterException) as exc:
+        # RedisClusterException (not a RedisError): the cluster client refused the command
+        # itself (cross-slot keys, no node for a command); a defect, never worth a retry.
         raise StoreError(f"Redis error during {what}: {exc}") from exc
 
 
@@ -55,6 +86,8 @@ class ScriptRunner:
 
     def __init__(self, client: Any, script_names: Iterable[str]) -> None:
         self.redis = client
+        # Redis Cluster: no EVALSHA in pipelines, no MULTI across slots (``_run_with_hints``).
+        self.cluster = is_cluster(client)
         names = tuple(script_names)
         self._sources = {name: script_source(name) for name in names}
         # SHA1 computed locally: no round trip at start-up; scripts are loaded on first NOSCRIPT.
@@ -63,32 +96,44 @@ class ScriptRunner:
     def _run_pipeline(
         self, what: str, build: Callable[[Any], None], transaction: bool = False
     ) -> list[Any]:
-        """Run a pipeline whose first command may be an EVALSHA; reload scripts on NOSCRIPT.
-
-        Retrying is safe: a NOSCRIPT reply means the script did not run, and the index commands
-        pipelined after it are idempotent (ZADD of the same member).
-        """
+        """Run a pipeline of plain commands (no script: see the module docstring). With
+        ``transaction`` every key must belong to one memory (one cluster slot)."""
         with translate_errors(what):
-            for attempt in (0, 1):
-                pipe = self.redis.pipeline(transaction=transaction)
-                build(pipe)
-                try:
-                    return list(pipe.execute())
-                except redis_errors.NoScriptError:
-                    if attempt:
-                        raise
-                    self._load_scripts()
-        raise AssertionError("unreachable")  # pragma: no cover
+            pipe = self.redis.pipeline(transaction=transaction)
+            build(pipe)
+            return list(pipe.execute())
 
-    def _run_with_hints(self, what: str, memory_id: str, build: Callable[[Any], None]) -> Any:
-        """One pipeline: a per-memory write first, then index commands (hints). Returns the
-        write's reply and raises its error (then nothing changed); errors of the index commands
-        are logged, not raised (module docstring). NOSCRIPT: load the scripts and send again (the
-        script did not run, and the index commands are idempotent)."""
+    def _run_with_hints(
+        self,
+        what: str,
+        memory_id: str,
+        write: Callable[[Any], Any],
+        hints: Callable[[Any], None],
+    ) -> Any:
+        """A per-memory write (one command, ``write(target)``), then index commands (hints,
+        ``hints(pipe)``). Returns the write's reply and raises its error (then nothing changed);
+        errors of the index commands are logged, not raised (module docstring).
+
+        Standalone: one pipeline, one round trip. Redis Cluster: the index keys live in other
+        slots and redis-py refuses ``EVALSHA`` inside a cluster pipeline, so the write is sent
+        alone and the hints follow as their own pipeline (two round trips; the indexes may lag
+        the write, which they are allowed to). NOSCRIPT: load the scripts and send again (the
+        script did not run, and the index commands are idempotent).
+        """
+        if self.cluster:
+            with translate_errors(what):
+                try:
+                    reply = write(self.redis)
+                except redis_errors.NoScriptError:
+                    self._load_scripts()
+                    reply = write(self.redis)
+            self._write_hints(what, memory_id, hints)
+            return reply
         with translate_errors(what):
             for attempt in (0, 1):
                 pipe = self.redis.pipeline(transaction=False)
-                build(pipe)
+                write(pipe)
+                hints(pipe)
                 replies = list(pipe.execute(raise_on_error=False))
                 first = replies[0]
                 if isinstance(first, redis_errors.NoScriptError) and not attempt:
@@ -129,8 +174,13 @@ class ScriptRunner:
                 self._load_scripts()
                 return self.redis.evalsha(self._shas[name], len(keys), *keys, *args)
 
-    def _evalsha(self, what: str, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        def build(pipe: Any) -> None:
-            pipe.evalsha(self._shas[name], len(keys), *keys, *args)
+    def evalsha_command(
+        self, name: str, keys: Sequence[str], args: Sequence[Any]
+    ) -> Callable[[Any], Any]:
+        """``write`` for :meth:`_run_with_hints`: the named script on a client or a pipeline."""
+        sha = self._shas
 
-        return self._run_pipeline(what, build)[0]
+        def write(target: Any) -> Any:
+            return target.evalsha(sha[name], len(keys), *keys, *args)
+
+        return write

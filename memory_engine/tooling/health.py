@@ -129,8 +129,15 @@ def _guard(name: str, check: Callable[[], CheckResult]) -> CheckResult:
         return CheckResult(name, CheckStatus.FAIL, f"{type(exc).__name__}: {exc}")
 
 
+def _data_redis(settings: Settings) -> Any:
+    """The memory-data Redis in its mode (``MEMORY_REDIS_MODE``), no retries."""
+    return inspect.client_for_settings(
+        settings, timeout_s=settings.socket_connect_timeout_s, name="memory-engine-health"
+    )
+
+
 def check_redis(settings: Settings) -> CheckResult:
-    client = _redis(settings.redis_dsn(), settings.socket_connect_timeout_s)
+    client = _data_redis(settings)
     try:
         info = inspect.redis_info(client)
         latency_ms, version = info.latency_ms, info.version
@@ -358,9 +365,12 @@ def check_health(
             CheckResult("queues", CheckStatus.SKIPPED, "the broker is neither Redis nor RabbitMQ")
         )
 
-    data_redis = _redis(settings.redis_dsn(), settings.socket_connect_timeout_s)
-    try:
-        checks.append(_guard("breakers", lambda: check_breakers(data_redis, keyspace)))
-    finally:
-        data_redis.close()
+    def breakers() -> CheckResult:
+        data_redis = _data_redis(settings)
+        try:
+            return check_breakers(data_redis, keyspace)
+        finally:
+            data_redis.close()
+
+    checks.append(_guard("breakers", breakers))
     return HealthReport(tuple(checks), time.time())
