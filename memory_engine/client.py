@@ -54,7 +54,7 @@ from memory_engine.tokens import TokenCounter, counter_for
 if TYPE_CHECKING:
     from memory_engine.engine.flush import FlushResult
     from memory_engine.summarizers import Summarizer
-    from memory_engine.token_providers import TokenCounters
+    from memory_engine.token_providers import CounterRegistry
 
 __all__ = ["Memory", "MemoryClient"]
 
@@ -93,7 +93,7 @@ class MemoryClient:
         self._summarizer: Summarizer | None = summarizer
         self._summarizer_lock = threading.Lock()
         self._owns_summarizer = summarizer is None
-        self._token_counters: TokenCounters | None = None
+        self._token_counters: CounterRegistry | None = None
         metrics.configure(self.settings)
 
     @classmethod
@@ -165,10 +165,10 @@ class MemoryClient:
         if resource.token_provider is None:
             return counter_for(resource.tokenizer_model)
         # Built lazily so clients of resources without a provider never load the HTTP machinery.
-        from memory_engine.token_providers import TokenCounters
+        from memory_engine.token_providers import CounterRegistry
 
         if self._token_counters is None:
-            self._token_counters = TokenCounters(self.settings, self.redis)
+            self._token_counters = CounterRegistry(self.settings, self.redis)
         return self._token_counters.counter_for(resource)
 
     def _append_plan(self, resource: MemoryResource) -> AppendPlan:

@@ -69,6 +69,7 @@ __all__ = [
     "estimate_tokens",
     "estimate_truncate",
     # factory
+    "CounterRegistry",
     "TokenCounters",
     "build_token_counter",
 ]
@@ -124,10 +125,11 @@ def build_token_counter(
     return ProviderTokenCounter(provider, model, local=TokenSource.ESTIMATE)
 
 
-class TokenCounters:
-    """One client's counters: the shared tiktoken counter for resources without a
-    ``token_provider``, one :class:`ProviderTokenCounter` per distinct provider configuration
-    otherwise (built on first use, then reused). Thread-safe."""
+class CounterRegistry:
+    """The counter of each resource, for one client (formerly ``TokenCounters``): the shared
+    tiktoken counter for resources without a ``token_provider``, one
+    :class:`ProviderTokenCounter` per distinct provider configuration otherwise (built on first
+    use, then reused). Thread-safe."""
 
     def __init__(self, settings: Settings, redis: RedisClient | None = None) -> None:
         self.settings = settings
@@ -160,3 +162,7 @@ class TokenCounters:
             self._counters.clear()
         for counter in counters:
             counter.close()
+
+
+TokenCounters = CounterRegistry
+"""Deprecated name of :class:`CounterRegistry`."""

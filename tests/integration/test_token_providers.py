@@ -31,9 +31,9 @@ from memory_engine.resources import TokenProviderConfig, parse_resource
 from memory_engine.settings import Settings
 from memory_engine.token_providers import (
     AnthropicTokenCounter,
+    CounterRegistry,
     ProviderTokenCounter,
     TokenCount,
-    TokenCounters,
     TokenProviderError,
     TokenSource,
     build_token_counter,
@@ -425,7 +425,7 @@ def test_the_client_counts_appends_with_the_provider(
         local = LOCAL.count_text(TEXT + " today") + MESSAGE_OVERHEAD_TOKENS
         assert result.token_count == 5 + MESSAGE_OVERHEAD_TOKENS + local
         counters = client.__dict__["_token_counters"]
-        assert isinstance(counters, TokenCounters)
+        assert isinstance(counters, CounterRegistry)
         counters.close()
 
 
