@@ -141,7 +141,9 @@ def item_to_message(item: TResponseInputItem | dict[str, Any]) -> dict[str, Any]
             "metadata": metadata,
         }
     if item_type == "reasoning":
-        text = "\n".join(t for t in (_text_of(data.get("summary")), _text_of(data.get("content"))) if t)
+        text = "\n".join(
+            t for t in (_text_of(data.get("summary")), _text_of(data.get("content"))) if t
+        )
     else:
         fields = {k: v for k, v in data.items() if k not in ("id", "status")}
         text = _text_of(data.get("content")) or _compact(fields)
