@@ -31,7 +31,7 @@ import asyncio
 import inspect
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Annotated, Any, Final, NotRequired
+from typing import Annotated, Any, Final, NotRequired, cast
 
 from memory_engine.aio import AsyncMemory
 from memory_engine.client import Memory
@@ -43,6 +43,7 @@ try:
     from langchain_core.chat_history import BaseChatMessageHistory
     from langchain_core.messages import (
         AIMessage,
+        AnyMessage,
         BaseMessage,
         ChatMessage,
         HumanMessage,
@@ -140,7 +141,8 @@ def to_langchain(message: Message) -> BaseMessage:
         return ToolMessage(content=message.content, tool_call_id=message.tool_call_id or "")
     calls = []
     for call in message.tool_calls or ():
-        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        found = call.get("function")
+        function: dict[str, Any] = found if isinstance(found, dict) else {}
         raw = function.get("arguments", "{}")
         try:
             args = json.loads(raw) if isinstance(raw, str) else raw
@@ -277,7 +279,9 @@ class MemoryEngineMiddleware(AgentMiddleware[MemoryEngineState, Any, Any]):
     def _with_window(self, request: ModelRequest[Any], window: list[Message]) -> ModelRequest[Any]:
         if not window:  # nothing stored (e.g. every role non-persistable): the state as is
             return request
-        return request.override(messages=[to_langchain(m) for m in window])
+        # to_langchain builds one of AnyMessage's types (messages_from_dict is typed wider)
+        messages = cast("list[AnyMessage]", [to_langchain(m) for m in window])
+        return request.override(messages=messages)
 
     def wrap_model_call(
         self,

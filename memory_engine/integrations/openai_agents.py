@@ -168,7 +168,8 @@ def message_to_items(message: Message) -> list[dict[str, Any]]:
     if message.content.strip() or not message.tool_calls:
         items.append({"role": message.role.value, "content": message.content})
     for call in message.tool_calls or ():
-        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        found = call.get("function")
+        function: dict[str, Any] = found if isinstance(found, dict) else {}
         arguments = function.get("arguments", "{}")
         items.append(
             {
