@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import pytest
 import redis
 
 from memory_engine.aio import AsyncMemoryClient
 from memory_engine.client import Memory, MemoryClient
+from memory_engine.errors import FlushConflict
 from memory_engine.registry import ResourceRegistry
 from memory_engine.resources import parse_resource
 from memory_engine.settings import Settings
@@ -85,3 +87,27 @@ def test_async_pop_and_read_tail(settings: Settings, redis_client: redis.Redis) 
             assert_invariant(meta)
 
     asyncio.run(scenario())
+
+
+def test_a_flush_planned_before_a_pop_does_not_commit(settings: Settings) -> None:
+    """The pop moves the epoch: a commit planned on a snapshot that still held the popped
+    message is fenced (FlushConflict) instead of summarizing or dropping around it."""
+    with client_with(settings, resource()) as mc:
+        memory = mc.memory("conv", ctx(uuid.uuid4().hex))
+        memory.append_many([{"role": "user", "content": f"m{i}"} for i in range(4)])
+        keys = mc.keyspace.memory(memory.key)
+        snapshot, meta = mc.store.snapshot(keys)
+        assert memory.pop() is not None
+        with pytest.raises(FlushConflict):
+            mc.store.commit(
+                keys,
+                snapshot,
+                drop=[1, 2],
+                summarize=[],
+                summary=None,
+                lock_token=None,
+                counter_field="flushed",
+                clear_marker=False,
+                created_at=meta["created_at"],
+            )
+        assert [m.content for m in memory.read()] == ["m0", "m1", "m2"]
