@@ -23,6 +23,7 @@ SCRIPTS = (
     "append",
     "append_many",
     "async_append",
+    "agents_session",
     "context",
     "flush",
     "trigger_storm",

@@ -233,11 +233,21 @@ class AsyncMemory:
         """Remove the memory entirely (messages, metadata, summary, markers, index entries)."""
         return await self.client.store.delete(self.keys)
 
+    async def pop(self) -> Message | None:
+        """Remove and return the newest message (one script; counted as cleared, and an
+        in-flight flush does not commit over it); ``None`` when the memory holds none."""
+        return await self.client.store.pop(self.keys)
+
     # ---- reads -------------------------------------------------------------------------
 
     async def read(self) -> list[Message]:
         """Every stored message, oldest first (the summary is not included: see ``context``)."""
         return await self.client.store.read(self.keys)
+
+    async def read_tail(self, count: int) -> list[Message]:
+        """The newest ``count`` stored messages, oldest first (one ``LRANGE``; no use recorded)."""
+        check_int_argument("count", count, 1)
+        return await self.client.store.read_tail(self.keys, count)
 
     async def read_page(self, offset: int = 0, limit: int = 50, *, record_use: bool = True) -> Page:
         """``limit`` messages from ``offset`` (0 = oldest), with the total; on an LRU resource a

@@ -2,7 +2,10 @@
 
 Run from anywhere with a Redis: ``MEMORY_REDIS_URL=redis://127.0.0.1:6379/0 python
 docs/examples/quickstart.py`` (the resource comes from the packaged defaults). CI runs it
-(tests/e2e/test_examples.py).
+(tests/e2e/test_examples.py checks the lines marked ``expect``).
+
+# expect: [REDACTED]
+# expect: messages=2
 """
 
 from __future__ import annotations

@@ -34,6 +34,8 @@ __all__ = [
     "index_writes",
     "memory_key_names",
     "page_of",
+    "pop_call",
+    "decode_pop_reply",
     "record_use_call",
     "replace_call",
     "stats_from_metadata",
@@ -126,6 +128,18 @@ def decode_replace_reply(reply: Sequence[Any]) -> tuple[int, int, int]:
 def clear_call(keys: MemoryKeys, now: float) -> ScriptCall:
     """KEYS and ARGV of ``lua/clear.lua`` (its reply: cleared count, epoch)."""
     return (keys.msgs, keys.meta, keys.summary, keys.used), (repr(now),)
+
+
+def pop_call(keys: MemoryKeys, now: float) -> ScriptCall:
+    """KEYS and ARGV of ``lua/pop.lua`` (its reply: the newest element, or nil)."""
+    return (keys.msgs, keys.meta, keys.used), (repr(now),)
+
+
+def decode_pop_reply(reply: Any, memory_id: str) -> Message | None:
+    """``lua/pop.lua``'s reply: the popped message, or ``None`` (nothing to pop)."""
+    if reply is None or reply is False or reply == 0:
+        return None
+    return Message.from_wire(reply, memory_id=memory_id)
 
 
 def memory_key_names(keys: MemoryKeys) -> tuple[str, ...]:

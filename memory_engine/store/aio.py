@@ -41,10 +41,12 @@ from memory_engine.core.commands import (
     decode_flush_marker,
     decode_hash,
     decode_messages,
+    decode_pop_reply,
     decode_replace_reply,
     flush_marker_call,
     index_writes,
     memory_key_names,
+    pop_call,
     record_use_call,
     replace_call,
 )
@@ -56,7 +58,7 @@ from memory_engine.store.scripts import script_sha, script_source
 
 __all__ = ["AsyncMemoryStore"]
 
-_SCRIPT_NAMES = ("append", "replace", "clear", "context", "flush_marker", "record_use")
+_SCRIPT_NAMES = ("append", "replace", "clear", "context", "flush_marker", "record_use", "pop")
 
 
 class AsyncMemoryStore:
@@ -213,6 +215,11 @@ class AsyncMemoryStore:
         cleared, _epoch = await self._call_script("clear", "clear", *call)
         return int(cleared)
 
+    async def pop(self, keys: MemoryKeys, now: float | None = None) -> Message | None:
+        """Remove and return the newest message (``lua/pop.lua``); ``None`` when there is none."""
+        call = pop_call(keys, time.time() if now is None else now)
+        return decode_pop_reply(await self._call_script("pop", "pop", *call), keys.memory_id)
+
     async def delete(self, keys: MemoryKeys) -> bool:
         """Remove every key of the memory and its index entries (hints). True if it existed."""
 
@@ -258,6 +265,12 @@ class AsyncMemoryStore:
     async def read(self, keys: MemoryKeys) -> list[Message]:
         with translate_errors("read"):
             raw = await self.redis.lrange(keys.msgs, 0, -1)
+        return decode_messages(raw, keys.memory_id)
+
+    async def read_tail(self, keys: MemoryKeys, count: int) -> list[Message]:
+        """The newest ``count`` messages, oldest first (one ``LRANGE``)."""
+        with translate_errors("read tail"):
+            raw = await self.redis.lrange(keys.msgs, -count, -1)
         return decode_messages(raw, keys.memory_id)
 
     async def read_page(

@@ -58,10 +58,12 @@ from memory_engine.core.commands import (
     decode_flush_marker,
     decode_hash,
     decode_messages,
+    decode_pop_reply,
     decode_replace_reply,
     flush_marker_call,
     index_writes,
     memory_key_names,
+    pop_call,
     record_use_call,
     replace_call,
     summary_from_hash,
@@ -101,6 +103,7 @@ _SCRIPT_NAMES = (
     "context",
     "flush_marker",
     "record_use",
+    "pop",
 )
 
 
@@ -273,6 +276,12 @@ class MemoryStore(ScriptRunner):
         now = time.time() if now is None else now
         cleared, _epoch = self._call_script("clear", "clear", *clear_call(keys, now))
         return int(cleared)
+
+    def pop(self, keys: MemoryKeys, now: float | None = None) -> Message | None:
+        """Remove and return the newest message (``lua/pop.lua``: counted as cleared, the epoch
+        moves); ``None`` when there is none."""
+        call = pop_call(keys, time.time() if now is None else now)
+        return decode_pop_reply(self._call_script("pop", "pop", *call), keys.memory_id)
 
     def delete(self, keys: MemoryKeys) -> bool:
         """Remove every key of the memory and its index entries. True if it existed.

@@ -27,13 +27,20 @@ being answered now and ``server.max_in_flight`` the most seen at once since the 
 :meth:`~FakeLLMServer.reset_in_flight` (how many calls a client really makes concurrently).
 
 Every request is recorded (path, lower-cased headers, decoded JSON) in ``server.requests``.
+
+Scripted replies (agent tests): :meth:`FakeLLMServer.script` queues answers for
+``/v1/chat/completions``, consumed one per request in order: a ``str`` is a text answer, a
+:class:`ToolCall` (or a list of them) an answer with ``tool_calls`` (``finish_reason:
+"tool_calls"``). When the queue is empty, ``mode`` answers as above; error modes answer before the
+queue is touched.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -43,6 +50,8 @@ __all__ = [
     "MODES",
     "FakeLLMServer",
     "RecordedRequest",
+    "ScriptedReply",
+    "ToolCall",
     "running_llm_server",
     "word_count",
 ]
@@ -69,6 +78,18 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]
     json: Any
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A scripted tool call: ``arguments`` is the JSON string the model sends."""
+
+    name: str
+    arguments: str = "{}"
+    call_id: str = "call_1"
+
+
+ScriptedReply = str | ToolCall | Sequence[ToolCall]
 
 
 def word_count(payload: Any) -> int:
@@ -164,7 +185,11 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path == "/v1/messages/count_tokens":
             self._send(200, {"input_tokens": word_count(body)})
         elif self.path == "/v1/chat/completions":
-            self._send(200, self._openai(body, mode))
+            scripted = fake._next_scripted()
+            if scripted is not None:
+                self._send(200, _scripted_openai(body, scripted))
+            else:
+                self._send(200, self._openai(body, mode))
         else:
             self._send(200, self._anthropic(body, mode))
 
@@ -233,6 +258,37 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
+def _scripted_openai(body: Any, reply: ScriptedReply) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": None}
+    if isinstance(reply, str):
+        message["content"] = reply
+        finish = "stop"
+    else:
+        calls = [reply] if isinstance(reply, ToolCall) else list(reply)
+        message["tool_calls"] = [
+            {
+                "id": call.call_id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            }
+            for call in calls
+        ]
+        finish = "tool_calls"
+    completion = len((message["content"] or "").split())
+    return {
+        "id": "chatcmpl-scripted",
+        "object": "chat.completion",
+        "created": 0,
+        "model": (body or {}).get("model", ""),
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        "usage": {
+            "prompt_tokens": word_count(body),
+            "completion_tokens": completion,
+            "total_tokens": word_count(body) + completion,
+        },
+    }
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     # socketserver's default listen backlog is 5: a thread pool opening 16+ connections at once
@@ -255,6 +311,7 @@ class FakeLLMServer:
         self.error_status = 500
         self.reply: str | None = None
         self.requests: list[RecordedRequest] = []
+        self._scripted: deque[ScriptedReply] = deque()
         self.connections = 0  # TCP connections accepted: 1 for N calls means keep-alive worked
         self.latency_s = 0.0
         self.in_flight = 0
@@ -297,6 +354,7 @@ class FakeLLMServer:
         self.latency_s = 0.0
         with self._lock:
             self.requests.clear()
+            self._scripted.clear()
             self.connections = 0
             self.max_in_flight = self.in_flight
 
@@ -323,6 +381,22 @@ class FakeLLMServer:
     @property
     def anthropic_base_url(self) -> str:
         return self.base_url
+
+    # --- scripted answers
+    def script(self, *replies: ScriptedReply) -> None:
+        """Queue answers for the next chat completions, in order (module docstring)."""
+        with self._lock:
+            self._scripted.extend(replies)
+
+    def _next_scripted(self) -> ScriptedReply | None:
+        with self._lock:
+            return self._scripted.popleft() if self._scripted else None
+
+    @property
+    def chat_requests(self) -> list[RecordedRequest]:
+        """The chat completion requests received so far, oldest first."""
+        with self._lock:
+            return [r for r in self.requests if r.path == "/v1/chat/completions"]
 
     # --- recording
     def _record(self, request: RecordedRequest) -> None:

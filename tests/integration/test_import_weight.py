@@ -18,8 +18,19 @@ FORBIDDEN_TOP_LEVEL = (
     "uvicorn",
     "fastapi",
     "pybreaker",
+    # the framework adapters' dependencies (memory_engine.integrations imports them, on demand)
+    "agents",
+    "openai",
+    "langchain",
+    "langchain_core",
+    "langgraph",
 )
-FORBIDDEN_PREFIXES = ("memory_engine.tooling", "memory_engine.engine", "memory_engine.migrate")
+FORBIDDEN_PREFIXES = (
+    "memory_engine.tooling",
+    "memory_engine.engine",
+    "memory_engine.migrate",
+    "memory_engine.integrations",
+)
 
 SCRIPT = """
 import json, sys

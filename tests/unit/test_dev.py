@@ -1,5 +1,6 @@
 """The ``dev`` script's installs: ``demo`` and ``up`` install the project without extras, ``test``
-and ``lint`` add the dev extra, and the stamps make a command install only what is missing.
+and ``lint`` add the dev extra and the framework adapters' extras (their tests and types), and
+the stamps make a command install only what is missing.
 
 The script runs for real (bash), copied next to a throwaway ``pyproject.toml``, with a venv whose
 ``bin/`` holds recorders instead of Python, pip and the tools: each appends its argv to a log.
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+TEST_INSTALL = ".[dev,openai-agents,langchain]"
 RECORDER = '#!/usr/bin/env bash\necho "$(basename "$0") $*" >> "$DEV_TEST_LOG"\n'
 TOOLS = ("python", "memory-engine", "pytest", "ruff", "mypy")
 
@@ -78,22 +80,25 @@ def test_demo_installs_the_project_without_the_dev_extra(dev: Dev) -> None:
 
 def test_switching_between_demo_and_test_installs_only_what_is_missing(dev: Dev) -> None:
     assert dev.installs("demo") == ["."]
-    assert dev.installs("test", "-q") == [".[dev]"], "test adds the dev extra"
+    assert dev.installs("test", "-q") == [TEST_INSTALL], "test adds the dev and adapter extras"
     assert dev.installs("demo") == [], "the dev install contains the demo's"
     assert dev.installs("test") == []
     assert dev.installs("lint") == []
-    assert dev.installs("bench", "--quick") == [".[dev,bench]"]
+    assert dev.installs("bench", "--quick") == [".[dev,openai-agents,langchain,bench]"]
     assert dev.installs("test") == []
 
 
 def test_a_dev_install_first_serves_the_demo_too(dev: Dev) -> None:
-    assert dev.installs("lint") == [".[dev]"]
+    assert dev.installs("lint") == [TEST_INSTALL]
     assert dev.installs("demo") == []
 
 
 def test_a_changed_pyproject_installs_again(dev: Dev) -> None:
-    assert dev.installs("test") == [".[dev]"]
+    assert dev.installs("test") == [TEST_INSTALL]
     dev.pyproject.write_text('[project]\nname = "x"\nversion = "2"\n')
     assert dev.installs("demo") == ["."]
-    assert dev.installs("test") == [".[dev]"], "the old dev stamp no longer counts"
-    assert sorted(p.name.split("-")[1] for p in dev.venv.glob(".installed-*")) == ["core", "dev"]
+    assert dev.installs("test") == [TEST_INSTALL], "the old dev stamp no longer counts"
+    stamps = sorted(
+        p.name.removeprefix(".installed-").rsplit("-", 1)[0] for p in dev.venv.glob(".installed-*")
+    )
+    assert stamps == ["core", "dev", "langchain", "openai-agents"]

@@ -49,6 +49,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("engine", ("memory_engine.engine",)),
     ("client", ("memory_engine.client", "memory_engine.aio")),
     ("public api", ("memory_engine",)),  # the package __init__ only (see layer_of)
+    # Framework adapters: on the clients; nothing in the library imports them.
+    ("integrations", ("memory_engine.integrations",)),
     # The two top layers never import each other: the service runs tasks, the tooling starts
     # and inspects the service's processes from outside.
     ("service", ("tasks", "worker", "config", "beat_schedule")),
