@@ -397,6 +397,7 @@ def create_app(
         description="Conversation memory for LLM agents: the HTTP API (docs/http.md).",
         lifespan=lifespan,
         responses=ERRORS,
+        redirect_slashes=False,  # a redirect would carry a key to another path
     )
 
     @api.exception_handler(MemoryEngineError)
