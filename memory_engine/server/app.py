@@ -16,14 +16,19 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Body, FastAPI, Path, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPBearer
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
-from prometheus_client import generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -114,8 +119,7 @@ class ErrorBody(BaseModel):
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody}
-    for code in (400, 401, 404, 409, 413, 422, 503)
+    code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422, 503)
 }
 
 # ---- metrics ----------------------------------------------------------------------------------
@@ -302,7 +306,7 @@ class Gate:
 _bearer = HTTPBearer(auto_error=False, description="A project's API token.")
 
 
-def _project(request: Request, _credentials: Any = Security(_bearer)) -> str:
+def _project(request: Request, _credentials: Annotated[Any, Security(_bearer)] = None) -> str:
     """The token's project, set by the gate (routes under /v1 are never reached without it)."""
     project: str = request.scope["memory.project"]
     return project
@@ -319,11 +323,10 @@ def _error_response(exc: BaseException) -> JSONResponse:
 
 async def _ping_broker(settings: Settings) -> bool:
     def check() -> bool:
-        from kombu import Connection
+        from kombu.connection import Connection
 
-        with Connection(
-            settings.celery_broker_url(), connect_timeout=READY_TIMEOUT_S
-        ) as conn:
+        url = settings.celery_broker_url()
+        with Connection(url, connect_timeout=READY_TIMEOUT_S) as conn:  # type: ignore[no-untyped-call]
             conn.ensure_connection(max_retries=1, timeout=READY_TIMEOUT_S)
         return True
 
@@ -398,6 +401,9 @@ def create_app(
         lifespan=lifespan,
         responses=ERRORS,
         redirect_slashes=False,  # a redirect would carry a key to another path
+        # The gate records the one server span (for /mcp and refused requests too); FastAPI's
+        # own telemetry would add a second, and its logs may quote request bodies.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
 
     @api.exception_handler(MemoryEngineError)
@@ -435,8 +441,8 @@ def create_app(
     from fastapi import Depends
 
     m = "/v1/memories/{resource_id}/{key:path}"
-    RID = Path(description="A resource id (GET /v1/resources).")  # noqa: N806
-    KEY = Path(description="The memory key inside the token's project (may contain '/').")  # noqa: N806
+    RID = Path(description="A resource id (GET /v1/resources).")
+    KEY = Path(description="The memory key inside the token's project (may contain '/').")
 
     @api.post(
         f"{m}/messages",
@@ -527,7 +533,7 @@ def create_app(
         summary="Flush now (inline); 409 when a flush is already running",
     )
     async def flush_memory(
-        body: FlushBody | None = Body(None),
+        body: Annotated[FlushBody | None, Body()] = None,
         resource_id: str = RID,
         key: str = KEY,
         project: str = Security(_project),
@@ -584,7 +590,11 @@ def create_app(
             redis_ok = False
         broker_ok = await _ping_broker(settings)
         ready = redis_ok and broker_ok
-        body = {"status": "ready" if ready else "unavailable", "redis": redis_ok, "broker": broker_ok}
+        body = {
+            "status": "ready" if ready else "unavailable",
+            "redis": redis_ok,
+            "broker": broker_ok,
+        }
         return JSONResponse(body, status_code=200 if ready else 503)
 
     registry = metrics.registry()
@@ -594,10 +604,10 @@ def create_app(
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     gate = Gate(
-        api,  # type: ignore[arg-type]
+        api,
         keys=keys,
         max_body_bytes=max_body_bytes,
-        mcp_app=mcp_app,  # type: ignore[arg-type]
+        mcp_app=mcp_app,
         registry=registry,
     )
     gate.fastapi = api  # type: ignore[attr-defined]

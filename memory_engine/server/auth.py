@@ -98,7 +98,9 @@ class ApiKeys:
         try:
             text = path.read_text("utf-8")
         except OSError as exc:
-            raise ConfigError(f"cannot read the API keys file: {exc.strerror}", source=source) from exc
+            raise ConfigError(
+                f"cannot read the API keys file: {exc.strerror}", source=source
+            ) from exc
         entries: list[tuple[bytes, str]] = []
         for lineno, line in enumerate(text.splitlines(), 1):
             line = line.split("#", 1)[0].strip()

@@ -48,9 +48,15 @@ def tracing_requested(env: Mapping[str, str] | None = None) -> bool:
 
 
 def tracing_active() -> bool:
-    """True once opentelemetry's API is loaded in this process (someone configured tracing or
-    set a provider); until then every span helper is a no-op that imports nothing."""
-    return "opentelemetry.trace" in sys.modules
+    """True once a tracer provider is installed in this process (by :func:`configure_tracing`,
+    an embedding application or a test); until then every span helper is a no-op, and imports
+    nothing when opentelemetry was never loaded."""
+    if "opentelemetry.trace" not in sys.modules:
+        return False
+    from opentelemetry import trace
+
+    provider = trace.get_tracer_provider()
+    return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
 
 
 def configure_tracing(service_name: str, env: Mapping[str, str] | None = None) -> bool:
@@ -108,7 +114,9 @@ def span(name: str, *, kind: str = "INTERNAL", **attributes: Any) -> Iterator[An
 
     tracer = trace.get_tracer(TRACER_NAME)
     attrs = {k.replace("__", "."): v for k, v in attributes.items() if v is not None}
-    with tracer.start_as_current_span(name, kind=getattr(trace.SpanKind, kind), attributes=attrs) as s:
+    with tracer.start_as_current_span(
+        name, kind=getattr(trace.SpanKind, kind), attributes=attrs
+    ) as s:
         yield s
 
 

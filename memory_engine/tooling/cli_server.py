@@ -117,7 +117,9 @@ def create_key(
     once and stored nowhere."""
     from memory_engine.server.auth import API_KEYS_FILE_ENV, create_api_key
 
-    path = file or (Path(os.environ[API_KEYS_FILE_ENV]) if os.environ.get(API_KEYS_FILE_ENV) else None)
+    path = file or (
+        Path(os.environ[API_KEYS_FILE_ENV]) if os.environ.get(API_KEYS_FILE_ENV) else None
+    )
     if path is None:
         raise ConfigError(f"no keys file: pass --file or set {API_KEYS_FILE_ENV}")
     token = create_api_key(path, project)

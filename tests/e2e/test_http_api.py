@@ -210,7 +210,9 @@ def test_a_token_never_reaches_another_projects_memory(server: Server, http: htt
                     assert resp.json()["key"].startswith("beta:"), resp.text
         resolve = http.post(
             f"/v1/resources/{RES}/resolve",
-            json={"context": {"project": {"id": "acme"}, "workflow": {"input": {"session_id": "x"}}}},
+            json={
+                "context": {"project": {"id": "acme"}, "workflow": {"input": {"session_id": "x"}}}
+            },
             headers=B,
         )
         assert_error(resolve, 403, "ProjectMismatch")
@@ -300,7 +302,10 @@ def test_concurrent_clients_keep_exact_accounting(server: Server) -> None:
                 r = await c.post(f"/v1/memories/{RES}/{key}/messages", json=messages(content))
                 assert r.status_code == 200, r.text
                 ledger.acked(
-                    memory_id_for("acme", key), content, r.json()["last_seq"], started,
+                    memory_id_for("acme", key),
+                    content,
+                    r.json()["last_seq"],
+                    started,
                     Ledger.now_ns(),
                 )
 
@@ -313,7 +318,7 @@ def test_concurrent_clients_keep_exact_accounting(server: Server) -> None:
         assert_all_accounted(client, ledger)
 
 
-# ---- MCP -------------------------------------------------------------------------------------------
+# ---- MCP -----------------------------------------------------------------------------------------
 
 
 async def _exercise_mcp(session: Any) -> None:

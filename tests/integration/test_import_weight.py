@@ -17,9 +17,16 @@ FORBIDDEN_TOP_LEVEL = (
     "tornado",
     "uvicorn",
     "fastapi",
+    "starlette",
+    "mcp",
     "pybreaker",
 )
-FORBIDDEN_PREFIXES = ("memory_engine.tooling", "memory_engine.engine", "memory_engine.migrate")
+FORBIDDEN_PREFIXES = (
+    "memory_engine.tooling",
+    "memory_engine.server",
+    "memory_engine.engine",
+    "memory_engine.migrate",
+)
 
 SCRIPT = """
 import json, sys

@@ -49,6 +49,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("engine", ("memory_engine.engine",)),
     ("client", ("memory_engine.client", "memory_engine.aio")),
     ("public api", ("memory_engine",)),  # the package __init__ only (see layer_of)
+    # The HTTP API and MCP server: service code over the async client; the worker's tracing
+    # hook uses its tracing set-up, the CLI starts it.
+    ("server", ("memory_engine.server",)),
     # The two top layers never import each other: the service runs tasks, the tooling starts
     # and inspects the service's processes from outside.
     ("service", ("tasks", "worker", "config", "beat_schedule")),
