@@ -612,3 +612,19 @@ def create_app(
     )
     gate.fastapi = api  # type: ignore[attr-defined]
     return gate
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI document of the API (docs/openapi.json is this, checked in); no I/O.
+    Regenerate: ``python -m memory_engine.server.app > docs/openapi.json``."""
+    app = create_app(
+        Settings(redis_url="redis://127.0.0.1:6379/0"),  # type: ignore[arg-type]  # never used
+        keys=ApiKeys.of([("openapi", "unused")]),
+        mcp=False,
+    )
+    document: dict[str, Any] = app.fastapi.openapi()
+    return document
+
+
+if __name__ == "__main__":
+    print(json.dumps(openapi_document(), indent=2, sort_keys=True))
