@@ -161,6 +161,12 @@ def _json_response(status: int, body: dict[str, Any], extra: list[Any] | None = 
     return headers + (extra or []), payload
 
 
+def _route_of(scope: Scope) -> str | None:
+    """The matched route's template (Starlette's router puts the route in the scope)."""
+    path = getattr(scope.get("route"), "path", None)
+    return path if isinstance(path, str) else None
+
+
 class Gate:
     """Pure ASGI middleware in front of the app (see the module docstring)."""
 
@@ -196,7 +202,7 @@ class Gate:
             await self._traced(scope, receive, send_recording, path, status_box)
         else:
             await self._handle(scope, receive, send_recording, path)
-        route = scope.get("memory.route") or ("/mcp" if path.startswith("/mcp") else "other")
+        route = _route_of(scope) or ("/mcp" if path.startswith("/mcp") else "other")
         method = scope["method"]
         self.metrics.requests.labels(route, method, str(status_box[0])).inc()
         self.metrics.duration.labels(route, method).observe(time.perf_counter() - started)
@@ -218,7 +224,7 @@ class Gate:
             try:
                 await self._handle(scope, receive, send, path)
             finally:
-                route = scope.get("memory.route")
+                route = _route_of(scope)
                 if route:
                     span.update_name(f"{method} {route}")
                     span.set_attribute("http.route", route)
@@ -306,7 +312,7 @@ class Gate:
 _bearer = HTTPBearer(auto_error=False, description="A project's API token.")
 
 
-def _project(request: Request, _credentials: Annotated[Any, Security(_bearer)] = None) -> str:
+async def _project(request: Request, _credentials: Annotated[Any, Security(_bearer)] = None) -> str:
     """The token's project, set by the gate (routes under /v1 are never reached without it)."""
     project: str = request.scope["memory.project"]
     return project
@@ -432,14 +438,6 @@ def create_app(
     async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
         return _error_response(exc)
 
-    def route(template: str) -> Callable[[Request], None]:
-        def mark(request: Request) -> None:
-            request.scope["memory.route"] = template
-
-        return mark
-
-    from fastapi import Depends
-
     m = "/v1/memories/{resource_id}/{key:path}"
     RID = Path(description="A resource id (GET /v1/resources).")
     KEY = Path(description="The memory key inside the token's project (may contain '/').")
@@ -447,7 +445,6 @@ def create_app(
     @api.post(
         f"{m}/messages",
         response_model=AppendResult,
-        dependencies=[Depends(route(f"{m}/messages"))],
         summary="Append messages (all or none, one round trip)",
     )
     async def append_messages(
@@ -462,7 +459,6 @@ def create_app(
     @api.get(
         f"{m}/messages",
         response_model=Page,
-        dependencies=[Depends(route(f"{m}/messages"))],
         summary="Read a page of messages, oldest first",
     )
     async def read_messages(
@@ -477,7 +473,6 @@ def create_app(
     @api.put(
         f"{m}/messages",
         response_model=ReplaceResult,
-        dependencies=[Depends(route(f"{m}/messages"))],
         summary="Replace every message (the summary goes too)",
     )
     async def replace_messages(
@@ -492,7 +487,6 @@ def create_app(
     @api.delete(
         f"{m}/messages",
         response_model=ClearResult,
-        dependencies=[Depends(route(f"{m}/messages"))],
         summary="Clear every message and the summary",
     )
     async def clear_messages(
@@ -503,7 +497,6 @@ def create_app(
     @api.get(
         f"{m}/stats",
         response_model=MemoryStats,
-        dependencies=[Depends(route(f"{m}/stats"))],
         summary="Counts, tokens, budget used, TTL, summary point",
     )
     async def memory_stats(
@@ -514,7 +507,6 @@ def create_app(
     @api.get(
         f"{m}/context",
         response_model=ContextResult,
-        dependencies=[Depends(route(f"{m}/context"))],
         summary="The prompt window: system, summary, newest messages within the budget",
     )
     async def memory_context(
@@ -529,7 +521,6 @@ def create_app(
     @api.post(
         f"{m}/flush",
         response_model=FlushResult,
-        dependencies=[Depends(route(f"{m}/flush"))],
         summary="Flush now (inline); 409 when a flush is already running",
     )
     async def flush_memory(
@@ -545,7 +536,6 @@ def create_app(
     @api.delete(
         m,
         response_model=DeleteResult,
-        dependencies=[Depends(route(m))],
         summary="Delete the memory entirely",
     )
     async def delete_memory(
@@ -557,7 +547,6 @@ def create_app(
     @api.post(
         "/v1/resources/{resource_id}/resolve",
         response_model=ResolveResult,
-        dependencies=[Depends(route("/v1/resources/{resource_id}/resolve"))],
         summary="Render the resource's key template in a workflow context (fail-closed)",
     )
     async def resolve_key(
@@ -569,7 +558,6 @@ def create_app(
     @api.get(
         "/v1/resources",
         response_model=ResourcesResult,
-        dependencies=[Depends(route("/v1/resources"))],
         summary="Resource ids and limits",
     )
     async def list_resources(project: str = Security(_project)) -> Response:
