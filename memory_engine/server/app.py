@@ -606,7 +606,7 @@ def openapi_document() -> dict[str, Any]:
     """The OpenAPI document of the API (docs/openapi.json is this, checked in); no I/O.
     Regenerate: ``python -m memory_engine.server.app > docs/openapi.json``."""
     app = create_app(
-        Settings(redis_url="redis://127.0.0.1:6379/0"),  # type: ignore[arg-type]  # never used
+        Settings(redis_url="redis://127.0.0.1:6379/0"),  # never connected to
         keys=ApiKeys.of([("openapi", "unused")]),
         mcp=False,
     )
