@@ -13,7 +13,8 @@ WORKDIR /app
 # packages (worker, tasks, config, beat_schedule.py) run from /app, on PYTHONPATH.
 COPY pyproject.toml README.md ./
 COPY memory_engine ./memory_engine
-RUN pip install . \
+# The `server` extra: the HTTP API and MCP server (`memory-engine serve`, compose service `api`).
+RUN pip install ".[server]" \
     && useradd --create-home --uid 10001 memory
 COPY beat_schedule.py ./
 COPY config ./config

@@ -31,6 +31,7 @@ SCRIPTS = (
     "memory_usage",
     "summarize_pool",
     "cluster",
+    "http_api",
 )
 
 

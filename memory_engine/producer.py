@@ -21,6 +21,7 @@ through.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -102,6 +103,19 @@ def publish_transport_options(settings: Settings) -> dict[str, Any]:
         "socket_timeout": settings.socket_timeout_s,
         "socket_connect_timeout": settings.socket_connect_timeout_s,
     }
+
+
+def trace_headers() -> dict[str, str] | None:
+    """The current trace context (W3C ``traceparent``/``tracestate``) as task headers, so the
+    worker's spans join the caller's trace; None when tracing was never set up in this process
+    (opentelemetry not imported: nothing to carry, nothing imported)."""
+    if "opentelemetry.trace" not in sys.modules:
+        return None
+    from opentelemetry import propagate
+
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier or None
 
 
 class TaskProducer:
@@ -191,6 +205,7 @@ class TaskProducer:
             result = self.app.send_task(
                 name,
                 kwargs=kwargs,
+                headers=trace_headers(),
                 argsrepr="()",
                 kwargsrepr=task_kwargsrepr(kwargs),
                 task_id=task_id,

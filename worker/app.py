@@ -13,7 +13,7 @@ from beat_schedule import build_beat_schedule
 from config.celery import build_celery_config
 from config.logging import configure_logging
 from memory_engine.settings import Settings, load_settings
-from worker import flower_auth, metrics, poison
+from worker import flower_auth, metrics, poison, tracing
 
 __all__ = ["EngineCelery", "app", "create_app"]
 
@@ -37,6 +37,7 @@ def create_app(settings: Settings | None = None) -> EngineCelery:
     celery_app.conf.beat_schedule = build_beat_schedule(settings)
     celery_app.memory_settings = settings
     metrics.install(celery_app)  # /metrics on settings.metrics_port, from worker start-up
+    tracing.install()  # spans continue the publisher's trace, when tracing is configured
     # Replaces Celery's own logging setup in the processes it starts (worker, Beat).
     setup_logging.connect(
         partial(configure_logging, settings), weak=False, dispatch_uid="memory-engine-logging"

@@ -13,12 +13,15 @@ logs or in an error message (a provider echoing it in an error body is scrubbed)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import sys
 import time
 from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Self
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import SecretStr
@@ -130,8 +133,11 @@ class _HTTPSummarizer:
             text = (previous or "").strip()
             return SummaryText(text=text, token_count=counter.count_text(text), source=self.name)
         prompt = build_prompt(previous, messages, max_tokens)
-        payload = self._post(self._body(prompt, max_tokens))
-        text = check_summary_text(self._extract(payload), source=self.name)
+        with self._span(max_tokens) as span:
+            payload = self._post(self._body(prompt, max_tokens))
+            if span is not None:
+                _record_usage(span, payload)
+            text = check_summary_text(self._extract(payload), source=self.name)
         tokens = counter.count_text(text)
         if tokens > max_tokens:
             # The provider stopped on its own, so this is a tokenizer mismatch of a few tokens,
@@ -139,6 +145,28 @@ class _HTTPSummarizer:
             text = self._trim(text, max_tokens, counter)
             tokens = counter.count_text(text)
         return SummaryText(text=text, token_count=tokens, source=self.name)
+
+    def _span(self, max_tokens: int) -> contextlib.AbstractContextManager[Any]:
+        """An OpenTelemetry client span for the call (gen_ai.* attributes, never the prompt or
+        the reply), once tracing is set up in this process; else nothing, importing nothing."""
+        if "opentelemetry.trace" not in sys.modules:
+            return contextlib.nullcontext()
+        from opentelemetry import trace
+
+        host = urlsplit(self._url).hostname
+        return trace.get_tracer(__name__).start_as_current_span(
+            f"chat {self.model}",
+            kind=trace.SpanKind.CLIENT,
+            attributes={
+                "gen_ai.operation.name": "chat",
+                "gen_ai.provider.name": self.name,
+                "gen_ai.system": self.name,
+                "gen_ai.request.model": self.model,
+                "gen_ai.request.max_tokens": max_tokens,
+                "gen_ai.request.temperature": 0,
+                **({"server.address": host} if host else {}),
+            },
+        )
 
     def _post(self, body: dict[str, Any]) -> Any:
         started = time.monotonic()
@@ -188,6 +216,24 @@ class _HTTPSummarizer:
         if counter.count_text(kept) <= max_tokens:
             return kept
         return counter.truncate(kept, max_tokens).rstrip()
+
+
+def _record_usage(span: Any, payload: Any) -> None:
+    """Token usage and the answering model on the call's span (OpenAI and Anthropic names)."""
+    if not isinstance(payload, dict):
+        return
+    usage = payload.get("usage")
+    if isinstance(usage, dict):
+        for attribute, names in (
+            ("gen_ai.usage.input_tokens", ("input_tokens", "prompt_tokens")),
+            ("gen_ai.usage.output_tokens", ("output_tokens", "completion_tokens")),
+        ):
+            for name in names:
+                if isinstance(usage.get(name), int):
+                    span.set_attribute(attribute, usage[name])
+                    break
+    if isinstance(payload.get("model"), str):
+        span.set_attribute("gen_ai.response.model", payload["model"])
 
 
 class OpenAIChatSummarizer(_HTTPSummarizer):

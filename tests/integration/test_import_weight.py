@@ -10,6 +10,8 @@ import subprocess
 import sys
 
 FORBIDDEN_TOP_LEVEL = (
+    "celery",
+    "kombu",
     "typer",
     "rich",
     "click",
@@ -17,6 +19,8 @@ FORBIDDEN_TOP_LEVEL = (
     "tornado",
     "uvicorn",
     "fastapi",
+    "starlette",
+    "mcp",
     "pybreaker",
     # the framework adapters' dependencies (memory_engine.integrations imports them, on demand)
     "agents",
@@ -27,6 +31,7 @@ FORBIDDEN_TOP_LEVEL = (
 )
 FORBIDDEN_PREFIXES = (
     "memory_engine.tooling",
+    "memory_engine.server",
     "memory_engine.engine",
     "memory_engine.migrate",
     "memory_engine.integrations",

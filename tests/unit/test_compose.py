@@ -124,10 +124,19 @@ def test_services_exist() -> None:
     assert set(SERVICES) >= {"redis", *APP_SERVICES}
 
 
+# Variables the HTTP API reads itself (memory_engine/server/), not engine settings.
+SERVER_VARIABLES = {
+    "MEMORY_API_KEYS",
+    "MEMORY_API_KEYS_FILE",
+    "MEMORY_API_MAX_BODY_BYTES",
+    "MEMORY_TRACING",
+}
+
+
 @pytest.mark.parametrize("name", sorted(SERVICES))
 def test_every_memory_variable_is_a_settings_field(name: str) -> None:
     for key in SERVICES[name].get("environment") or {}:
-        if key.startswith("MEMORY_"):
+        if key.startswith("MEMORY_") and key not in SERVER_VARIABLES:
             field = key[len("MEMORY_") :].lower()
             assert field in Settings.model_fields, f"{name}: {key} is not a Settings field"
 
@@ -237,7 +246,7 @@ def test_dockerfile_installs_the_whole_project() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     lines = [line.strip() for line in dockerfile.splitlines()]
     assert "FROM python:3.11-slim" in lines
-    assert re.search(r"^RUN pip install \.(\s|$)", dockerfile, re.MULTILINE)
+    assert re.search(r'^RUN pip install "?\.(\[server\])?"?(\s|$)', dockerfile, re.MULTILINE)
     copied: set[str] = set()
     for line in lines:
         if line.startswith("COPY "):
@@ -429,3 +438,22 @@ def test_rabbitmq_profile_points_every_app_service_at_rabbitmq(name: str) -> Non
 def test_beat_health_check_pings_redbeats_store_not_the_broker() -> None:
     check = healthcheck_text("beat")
     assert "beat_redis_dsn()" in check and "broker_dsn()" not in check
+
+
+# ---- service `api`: the HTTP API and MCP server ------------------------------------------------
+
+
+def test_api_serves_the_http_api_on_loopback_with_keys_from_the_environment() -> None:
+    from memory_engine.server.auth import API_KEYS_ENV, API_KEYS_FILE_ENV
+
+    api = SERVICES["api"]
+    assert argv("api") == ["memory-engine", "serve", "--host", "0.0.0.0", "--port", "8080"]
+    assert api["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert api["ports"] == ["127.0.0.1:8080:8080"]
+    env = api["environment"]
+    # Tokens pass through from the shell, never literals in the file.
+    assert env[API_KEYS_ENV] is None and env[API_KEYS_FILE_ENV] is None
+    assert "/healthz" in healthcheck_text("api") and "8080" in healthcheck_text("api")
+    settings = settings_for("api")
+    assert settings.redis_dsn().startswith("redis://:redis-pw@redis:6379/")
+    assert re.search(r'^RUN pip install "\.\[server\]"', (ROOT / "Dockerfile").read_text(), re.M)

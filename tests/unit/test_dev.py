@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-TEST_INSTALL = ".[dev,openai-agents,langchain]"
+TEST_INSTALL = ".[dev,openai-agents,langchain,server]"
 RECORDER = '#!/usr/bin/env bash\necho "$(basename "$0") $*" >> "$DEV_TEST_LOG"\n'
 TOOLS = ("python", "memory-engine", "pytest", "ruff", "mypy")
 
@@ -84,7 +84,7 @@ def test_switching_between_demo_and_test_installs_only_what_is_missing(dev: Dev)
     assert dev.installs("demo") == [], "the dev install contains the demo's"
     assert dev.installs("test") == []
     assert dev.installs("lint") == []
-    assert dev.installs("bench", "--quick") == [".[dev,openai-agents,langchain,bench]"]
+    assert dev.installs("bench", "--quick") == [".[dev,openai-agents,langchain,server,bench]"]
     assert dev.installs("test") == []
 
 

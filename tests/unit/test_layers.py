@@ -51,6 +51,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("public api", ("memory_engine",)),  # the package __init__ only (see layer_of)
     # Framework adapters: on the clients; nothing in the library imports them.
     ("integrations", ("memory_engine.integrations",)),
+    # The HTTP API and MCP server: service code over the async client; the worker's tracing
+    # hook uses its tracing set-up, the CLI starts it.
+    ("server", ("memory_engine.server",)),
     # The two top layers never import each other: the service runs tasks, the tooling starts
     # and inspects the service's processes from outside.
     ("service", ("tasks", "worker", "config", "beat_schedule")),
