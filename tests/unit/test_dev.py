@@ -101,4 +101,4 @@ def test_a_changed_pyproject_installs_again(dev: Dev) -> None:
     stamps = sorted(
         p.name.removeprefix(".installed-").rsplit("-", 1)[0] for p in dev.venv.glob(".installed-*")
     )
-    assert stamps == ["core", "dev", "langchain", "openai-agents"]
+    assert stamps == ["core", "dev", "langchain", "openai-agents", "server"]
