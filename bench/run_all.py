@@ -29,6 +29,7 @@ SCRIPTS = (
     "cleanup",
     "memory_usage",
     "summarize_pool",
+    "encryption",
 )
 
 
