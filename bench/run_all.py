@@ -32,6 +32,7 @@ SCRIPTS = (
     "summarize_pool",
     "cluster",
     "http_api",
+    "encryption",
 )
 
 

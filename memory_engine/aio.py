@@ -91,7 +91,7 @@ class AsyncMemoryClient:
         )
         self._owns_redis = redis is None
         self.redis = redis if redis is not None else async_redis_from_settings(self.settings)
-        self.store = AsyncMemoryStore(self.redis, self.sync.keyspace)
+        self.store = AsyncMemoryStore(self.redis, self.sync.keyspace, keyring=self.sync.keyring)
         self._closed = False
 
     @classmethod
@@ -152,6 +152,7 @@ class AsyncMemory:
         self.memory_id: str = memory.memory_id
         self.key: str = memory.memory_id  # the former name of memory_id (deprecated)
         self.keys: MemoryKeys = memory.keys
+        self.seal = memory.seal
         # A provider-aware counter may call an HTTP API: keep it off the loop.
         self._offload = memory.resource.token_provider is not None
 
@@ -189,7 +190,7 @@ class AsyncMemory:
         client = self.client
         plan = client.sync._append_plan(self.resource)
         batch: PreparedBatch = await self._compute(
-            prepare_batch, messages, plan, client.sync.batch_limits
+            prepare_batch, messages, plan, client.sync.batch_limits, seal=self.seal
         )
         pending = batch.pending
         if not pending:
@@ -218,7 +219,12 @@ class AsyncMemory:
         """Replace every message (the summary goes too); keeps the TTL. Returns the new count."""
         plan = self.client.sync._append_plan(self.resource)
         batch: PreparedBatch = await self._compute(
-            prepare_batch, messages, plan, self.client.sync.batch_limits, allow_empty=True
+            prepare_batch,
+            messages,
+            plan,
+            self.client.sync.batch_limits,
+            allow_empty=True,
+            seal=self.seal,
         )
         count, _tokens, _epoch = await self.client.store.replace(
             self.keys, batch.pending, resource_id=self.resource.id, ttl_s=self.resource.ttl_s

@@ -26,6 +26,7 @@ from memory_engine.core.append import (
     unstored_result,
 )
 from memory_engine.core.commands import check_page_arguments, page_of, stats_from_metadata
+from memory_engine.crypto import Sealer, keyring_from_settings
 from memory_engine.errors import (
     BrokerUnavailable,
     KeyTemplateError,
@@ -80,7 +81,9 @@ class MemoryClient:
         self.redis = redis if redis is not None else redis_from_settings(self.settings)
         self.registry = registry or ResourceRegistry.from_directory(self.settings.resources_dir)
         self.keyspace = KeySpace(self.settings.key_prefix)
-        self.store = MemoryStore(self.redis, self.keyspace)
+        # Encryption at rest (docs/encryption.md): None unless MEMORY_ENCRYPTION_KEYS is set.
+        self.keyring = keyring_from_settings(self.settings)
+        self.store = MemoryStore(self.redis, self.keyspace, keyring=self.keyring)
         self._owns_producer = producer is None
         self.producer = producer or TaskProducer(self.settings, self.redis)
         self._redactors: dict[str, Redactor] = {}
@@ -224,6 +227,9 @@ class Memory:
         """``<project>:<rendered key>``: what every task, log line and metric names it by."""
         self.key = memory_id  # the former name of memory_id, kept for callers (deprecated)
         self.keys: MemoryKeys = client.keyspace.memory(memory_id)
+        keyring = client.keyring
+        # What encrypts this memory's messages (None: stored in clear).
+        self.seal: Sealer | None = keyring.sealer(memory_id) if keyring is not None else None
 
     def __repr__(self) -> str:
         return f"Memory(key={self.key!r}, resource={self.resource.id!r})"
@@ -452,4 +458,6 @@ class Memory:
         """Validate, redact and count (:func:`memory_engine.core.append.prepare_batch`)."""
         if plan is None:
             plan = self.client._append_plan(self.resource)
-        return prepare_batch(messages, plan, self.client.batch_limits, allow_empty=allow_empty)
+        return prepare_batch(
+            messages, plan, self.client.batch_limits, allow_empty=allow_empty, seal=self.seal
+        )

@@ -11,6 +11,7 @@ __all__ = [
     "BrokerUnavailable",
     "ConfigError",
     "CorruptMessage",
+    "DecryptionError",
     "FlushConflict",
     "FlushAlreadyRunning",
     "KeyTemplateError",
@@ -122,6 +123,27 @@ class CorruptMessage(StoreError):
         self.reason = reason
         where = f"memory {memory_id}" if memory_id is not None else "a memory"
         super().__init__(f"stored message seq={seq} of {where} cannot be decoded: {reason}")
+
+
+class DecryptionError(StoreError):
+    """A stored message or summary is encrypted (docs/encryption.md) and cannot be decrypted:
+    no key ring is configured, its key id is not in the key ring (a deleted key: a
+    crypto-shredded project), or authentication failed (a wrong key, a tampered ciphertext, or
+    one moved from another memory). Names the memory, the message's ``seq`` (``None`` for a
+    summary, or when unreadable) and the key id; never the ciphertext nor any plaintext.
+    Nothing is returned in place of the data: a read raises, it never yields garbage."""
+
+    def __init__(
+        self, memory_id: str | None, seq: int | None, key_id: str | None, reason: str
+    ) -> None:
+        self.memory_id = memory_id
+        self.seq = seq
+        self.key_id = key_id
+        self.reason = reason
+        where = f"memory {memory_id}" if memory_id is not None else "a memory"
+        what = f"stored message seq={seq}" if seq is not None else "stored data"
+        key = f" (key {key_id!a})" if key_id is not None else ""
+        super().__init__(f"{what} of {where} cannot be decrypted{key}: {reason}")
 
 
 class StoreUnavailable(StoreError, TransientError):

@@ -19,7 +19,20 @@ wire   field           notes
 ``i``  ``tool_call_id`` optional
 ``k``  ``tool_calls``  optional, provider (OpenAI) shape
 ``m``  ``metadata``    optional
+``x``  (sealed)        encrypted form only: an envelope holding ``c``, ``n``, ``i``, ``k``, ``m``
 =====  ==============  ====================================================================
+
+Encrypted form (a key ring is configured, docs/encryption.md): the fields that carry what was
+said (``c``, ``n``, ``i``, ``k``, ``m``) move, as one JSON object, into the AES-GCM envelope ``x``
+(:mod:`memory_engine.crypto`, bound to the memory id); ``s``, ``t``, ``r`` and ``ts`` stay in
+clear, so the scripts and the planners (``core/columns.py``) read the same header, and ``"k":1``
+marks a message that has tool calls (the planners look for ``"k":`` to link tool units)::
+
+    {"s":17,"t":12,"r":"assistant","x":"enc:v1:main:AAEC...","k":1,"ts":1732550000123}
+
+An element with ``x`` is only ever decoded with the key ring; without it, or with the wrong key,
+decoding raises :class:`DecryptionError`. An element without ``x`` is plaintext (written before
+encryption was switched on; ``memory-engine keys rotate`` encrypts it).
 
 Only this module reads or writes that format; everything else goes through :class:`Message`.
 """
@@ -30,11 +43,15 @@ import json
 import re
 from collections.abc import Iterable
 from enum import StrEnum
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from memory_engine.errors import CorruptMessage, MessageValidationError
+from memory_engine.crypto import NO_KEY_RING, Purpose, Sealer, key_id_of
+from memory_engine.errors import CorruptMessage, DecryptionError, MessageValidationError
+
+if TYPE_CHECKING:
+    from memory_engine.crypto import KeyRing
 
 # One encoder for every message: json.dumps with keyword options builds a new one per call.
 # allow_nan=False: NaN/Infinity are not JSON; other readers of the list would choke.
@@ -63,6 +80,7 @@ __all__ = [
     "check_int_argument",
     "check_nesting_depth",
     "coerce_message",
+    "rewrap_wire",
 ]
 
 
@@ -95,12 +113,16 @@ class Message(BaseModel):
 
     # ---- wire format -------------------------------------------------------------------
 
-    def wire_body(self, token_count: int, created_at: float) -> str:
+    def wire_body(self, token_count: int, created_at: float, seal: Sealer | None = None) -> str:
         """The stored JSON object *without* ``s`` (seq): ``{"t":..,"r":..,"c":..,"ts":..}``.
 
-        The append script turns it into ``{"s":N,"t":..}`` by splicing.
+        The append script turns it into ``{"s":N,"t":..}`` by splicing. With ``seal`` (a key
+        ring's :meth:`~memory_engine.crypto.KeyRing.sealer` for the memory), the encrypted form
+        (module docstring).
         """
         ts = int(created_at * _MS_PER_S)
+        if seal is not None:
+            return self._sealed_body(token_count, ts, seal)
         plain = not self.metadata and not self.tool_calls
         if plain and self.name is None and self.tool_call_id is None:
             # The common message, formatted directly: the same bytes as the encoder's output
@@ -124,6 +146,21 @@ class Message(BaseModel):
             body["m"] = self.metadata
         return _ENCODER.encode(body)
 
+    def _sealed_body(self, token_count: int, ts: int, seal: Sealer) -> str:
+        inner: dict[str, Any] = {"c": self.content}
+        if self.name is not None:
+            inner["n"] = self.name
+        if self.tool_call_id is not None:
+            inner["i"] = self.tool_call_id
+        if self.tool_calls:
+            inner["k"] = self.tool_calls
+        if self.metadata:
+            inner["m"] = self.metadata
+        # An envelope is ASCII without quotes or backslashes: no JSON escaping needed.
+        envelope = seal(_ENCODER.encode(inner).encode("utf-8"))
+        flag = ',"k":1' if self.tool_calls else ""
+        return f'{{"t":{token_count:d},"r":"{self.role.value}","x":"{envelope}"{flag},"ts":{ts:d}}}'
+
     def to_wire(self) -> str:
         """Full stored form, for messages that already carry ``seq`` and ``token_count``."""
         if self.seq is None or self.token_count is None:
@@ -132,14 +169,22 @@ class Message(BaseModel):
         return f'{{"s":{self.seq},{body[1:]}'
 
     @classmethod
-    def from_wire(cls, raw: str | bytes, *, memory_id: str | None = None) -> Message:
+    def from_wire(
+        cls, raw: str | bytes, *, memory_id: str | None = None, keyring: KeyRing | None = None
+    ) -> Message:
         """Decode a stored message. Stored data was validated when it was written, so this
         skips validation (decoding a 1,000-message snapshot dominated a flush otherwise) and
         checks only what would break its readers: a JSON object with a known role and text
         content, metadata and tool calls within :data:`MAX_NESTING_DEPTH`. Anything else raises
-        :class:`CorruptMessage` naming ``memory_id`` and the element's seq."""
+        :class:`CorruptMessage` naming ``memory_id`` and the element's seq.
+
+        An encrypted element (``x``) is opened with ``keyring`` for ``memory_id``; no key ring,
+        a missing key or a failed authentication raise :class:`DecryptionError` (memory, seq,
+        key id), never a message."""
         try:
             data = json.loads(raw)
+            if "x" in data:
+                data = _opened(data, raw, memory_id, keyring)
             content = data["c"]
             if not isinstance(content, str):
                 raise TypeError("content is not text")
@@ -194,6 +239,71 @@ class Message(BaseModel):
         if self.tool_calls:
             out["tool_calls"] = self.tool_calls
         return out
+
+
+def _opened(
+    data: dict[str, Any], raw: str | bytes, memory_id: str | None, keyring: KeyRing | None
+) -> dict[str, Any]:
+    """``data`` (an encrypted element) with its sealed fields in place of ``x``. Raises
+    :class:`DecryptionError`, or the errors ``from_wire`` reports as :class:`CorruptMessage`."""
+    envelope = data["x"]
+    if not isinstance(envelope, str) or "c" in data:
+        raise TypeError("sealed field of the wrong type")
+    if keyring is None:
+        raise DecryptionError(memory_id, _wire_seq(raw), key_id_of(envelope), NO_KEY_RING)
+    try:
+        plaintext = keyring.open(envelope, memory_id or "", Purpose.MESSAGE)
+    except DecryptionError as exc:
+        raise DecryptionError(memory_id, _wire_seq(raw), exc.key_id, exc.reason) from None
+    inner = json.loads(plaintext)
+    if not isinstance(inner, dict) or not set(inner) <= _SEALED_FIELDS:
+        raise TypeError("sealed fields of the wrong shape")
+    opened = {k: v for k, v in data.items() if k not in ("x", "k")}
+    opened.update(inner)
+    return opened
+
+
+_SEALED_FIELDS = frozenset(("c", "n", "i", "k", "m"))
+
+
+def rewrap_wire(raw: bytes | str, memory_id: str, keyring: KeyRing) -> bytes | None:
+    """A stored element under the key ``keyring`` now chooses for ``memory_id`` (key
+    rotation), or ``None`` when it already is. A plaintext element comes back encrypted. The
+    header (``s``, ``t``, ``r``) and ``ts`` are unchanged, byte for byte the same fields.
+    Raises :class:`DecryptionError` (an envelope the ring cannot open) or
+    :class:`CorruptMessage`."""
+    target = keyring.key_id_for(memory_id)
+    try:
+        data = json.loads(raw)
+        envelope = data.get("x")
+        if envelope is not None:
+            if not isinstance(envelope, str):
+                raise TypeError("sealed field of the wrong type")
+            if key_id_of(envelope) == target:
+                return None
+            try:
+                plaintext = keyring.open(envelope, memory_id, Purpose.MESSAGE)
+            except DecryptionError as exc:
+                raise DecryptionError(memory_id, _wire_seq(raw), exc.key_id, exc.reason) from None
+            data["x"] = keyring.seal(plaintext, memory_id, Purpose.MESSAGE, key_id=target)
+            return _ENCODER.encode(data).encode("utf-8")
+        if not isinstance(data.get("c"), str):
+            raise TypeError("content is not text")
+        inner = {k: data[k] for k in ("c", "n", "i", "k", "m") if k in data}
+        sealed = keyring.seal(
+            _ENCODER.encode(inner).encode("utf-8"), memory_id, Purpose.MESSAGE, key_id=target
+        )
+        out: dict[str, Any] = {}
+        for field, value in data.items():
+            if field == "c":
+                out["x"] = sealed
+                if data.get("k"):
+                    out["k"] = 1
+            elif field not in _SEALED_FIELDS:
+                out[field] = value
+        return _ENCODER.encode(out).encode("utf-8")
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+        raise CorruptMessage(memory_id, _wire_seq(raw), type(exc).__name__) from None
 
 
 def _wire_seq(raw: str | bytes) -> int | None:

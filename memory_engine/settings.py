@@ -196,6 +196,25 @@ class Settings(BaseSettings):
         description="Bound on one provider count-tokens HTTP call (it runs inside append).",
     )
 
+    # --- encryption at rest (docs/encryption.md; off unless keys are set)
+    encryption_keys: SecretStr | None = Field(
+        default=None,
+        description="Key ring: `id:base64,id:base64` (each key 32 bytes, base64), or a JSON "
+        "object {id: base64}. Ids `<project>/<n>` are a project's own keys (the highest n "
+        "encrypts its memories). Unset (and no file): messages and summaries are stored in "
+        "clear.",
+    )
+    encryption_keys_file: Path | None = Field(
+        default=None,
+        description="A file holding the key ring, in either form of encryption_keys (lines "
+        "`id:base64` allowed, `#` comments skipped). Exclusive with encryption_keys.",
+    )
+    encryption_active_key: str | None = Field(
+        default=None,
+        description="The key id that encrypts memories of projects without keys of their own. "
+        "Unset: the one key without a project, when there is exactly one.",
+    )
+
     # --- Celery and service processes
     task_soft_time_limit_s: int = Field(default=DEFAULT_TASK_SOFT_TIME_LIMIT_S, ge=1)
     task_time_limit_s: int = Field(default=DEFAULT_TASK_TIME_LIMIT_S, ge=1)
@@ -297,6 +316,25 @@ class Settings(BaseSettings):
             return type(self).model_validate({**self.model_dump(), **changes})
         except ValidationError as exc:
             raise ConfigError(f"invalid settings: {exc}") from exc
+
+    def encryption_key_spec(self) -> str | None:
+        """The key ring's text (``encryption_keys``, or the contents of
+        ``encryption_keys_file``), or ``None`` when encryption is off. Raises
+        :class:`ConfigError` when both are set or the file cannot be read; the error never
+        quotes the file's contents."""
+        if self.encryption_keys is not None and self.encryption_keys_file is not None:
+            raise ConfigError("set MEMORY_ENCRYPTION_KEYS or MEMORY_ENCRYPTION_KEYS_FILE, not both")
+        if self.encryption_keys_file is not None:
+            try:
+                return self.encryption_keys_file.read_text("utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(
+                    f"MEMORY_ENCRYPTION_KEYS_FILE {str(self.encryption_keys_file)!a} cannot be "
+                    f"read: {type(exc).__name__}"
+                ) from exc
+        if self.encryption_keys is not None:
+            return self.encryption_keys.get_secret_value()
+        return None
 
     # --- derived
     def redis_dsn(self) -> str:

@@ -12,6 +12,7 @@ __all__ = [
     "TASK_EVICT",
     "TASK_FLUSH",
     "TASK_RECONCILE",
+    "TASK_REENCRYPT",
     "TASK_SUMMARIZE",
     "TASK_SWEEP_MARKERS",
     "TASK_ROUTES",
@@ -23,6 +24,8 @@ TASK_EVICT = "memory.evict"
 TASK_CLEANUP = "memory.cleanup"
 TASK_RECONCILE = "memory.reconcile"
 TASK_SWEEP_MARKERS = "memory.sweep_markers"
+TASK_REENCRYPT = "memory.reencrypt"
+"""Key rotation (``memory-engine keys rotate``, docs/encryption.md): on demand, never scheduled."""
 
 QUEUE_FLUSH = "memory.flush"
 QUEUE_SUMMARIZE = "memory.summarize"
@@ -36,4 +39,5 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
     TASK_CLEANUP: {"queue": QUEUE_MAINTENANCE},
     TASK_RECONCILE: {"queue": QUEUE_MAINTENANCE},
     TASK_SWEEP_MARKERS: {"queue": QUEUE_MAINTENANCE},
+    TASK_REENCRYPT: {"queue": QUEUE_MAINTENANCE},
 }

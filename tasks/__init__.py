@@ -4,7 +4,8 @@ Arguments carry memory ids and resource ids, never message content (worker logs 
 task arguments). Loaded by the worker app only.
 """
 
+from tasks.crypto import reencrypt
 from tasks.flush import evict, flush, summarize
 from tasks.maintenance import cleanup, reconcile, sweep_markers
 
-__all__ = ["cleanup", "evict", "flush", "reconcile", "summarize", "sweep_markers"]
+__all__ = ["cleanup", "evict", "flush", "reconcile", "reencrypt", "summarize", "sweep_markers"]

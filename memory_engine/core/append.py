@@ -18,6 +18,7 @@ from memory_engine.errors import MemoryFull, MessageValidationError
 from memory_engine.messages import AppendResult, Message, coerce_message
 
 if TYPE_CHECKING:
+    from memory_engine.crypto import Sealer
     from memory_engine.keys import MemoryKeys
     from memory_engine.privacy import Redactor
     from memory_engine.resources import MemoryResource
@@ -126,9 +127,14 @@ def prepare_batch(
     *,
     now: float | None = None,
     allow_empty: bool = False,
+    seal: Sealer | None = None,
 ) -> PreparedBatch:
     """Validate, redact and count ``messages``. Raises :class:`MessageValidationError` (nothing is
-    written by anyone who calls this first)."""
+    written by anyone who calls this first).
+
+    ``seal`` (the memory's key-ring sealer, encryption at rest): the bodies are encrypted, after
+    redaction and token counting, which both see the plaintext. The size limits apply to the
+    plaintext form, so switching encryption on refuses no message that was accepted before."""
     now = time.time() if now is None else now
     if isinstance(messages, (str, bytes, dict)) or not isinstance(messages, Iterable):
         raise MessageValidationError(
@@ -174,6 +180,8 @@ def prepare_batch(
                 f"message {index} is {size} bytes stored; max_message_bytes={max_bytes}"
             )
         total_bytes += size
+        if seal is not None:
+            body = message.wire_body(tokens, now, seal)
         pending.append(PendingMessage(body, tokens, message.is_system))
     if total_bytes > limits.max_batch_bytes:
         raise MessageValidationError(

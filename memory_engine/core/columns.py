@@ -26,9 +26,12 @@ import re
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import cast, overload
+from typing import TYPE_CHECKING, cast, overload
 
 from memory_engine.messages import Message, Role
+
+if TYPE_CHECKING:
+    from memory_engine.crypto import KeyRing
 
 __all__ = [
     "Columns",
@@ -127,10 +130,20 @@ class StoredMessages(Sequence[Message]):
     """The elements of a memory's list as read by a snapshot, decoded into :class:`Message` on
     first access (and cached). Indexing and iteration behave as for a tuple of messages."""
 
-    __slots__ = ("_columns", "_decoded", "_raw")
+    __slots__ = ("_columns", "_decoded", "_keyring", "_memory_id", "_raw")
 
-    def __init__(self, raw: Sequence[bytes | str]) -> None:
+    def __init__(
+        self,
+        raw: Sequence[bytes | str],
+        *,
+        memory_id: str | None = None,
+        keyring: KeyRing | None = None,
+    ) -> None:
+        # memory_id and keyring: encrypted elements open for their memory (the headers the
+        # columns come from stay in clear, so planning decrypts nothing).
         self._raw = raw
+        self._memory_id = memory_id
+        self._keyring = keyring
         self._decoded: list[Message | None] = [None] * len(raw)
         self._columns: Columns | None = None
 
@@ -148,7 +161,9 @@ class StoredMessages(Sequence[Message]):
             return [self[i] for i in range(*index.indices(len(self._raw)))]
         message = self._decoded[index]
         if message is None:
-            message = Message.from_wire(self._raw[index])
+            message = Message.from_wire(
+                self._raw[index], memory_id=self._memory_id, keyring=self._keyring
+            )
             self._decoded[index] = message
         return message
 

@@ -11,10 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 from memory_engine.core.context import ContextWindow
 from memory_engine.core.plans import Summary
-from memory_engine.messages import MemoryStats, Message, Page, check_int_argument
+from memory_engine.crypto import Purpose, key_id_of, open_text
+from memory_engine.messages import MemoryStats, Message, Page, check_int_argument, rewrap_wire
 
 if TYPE_CHECKING:
     from memory_engine.core.append import PendingMessage
+    from memory_engine.crypto import KeyRing
     from memory_engine.keys import KeySpace, MemoryKeys
     from memory_engine.resources import MemoryResource
 
@@ -33,11 +35,14 @@ __all__ = [
     "flush_marker_call",
     "index_writes",
     "memory_key_names",
+    "open_summary_hash",
     "page_of",
     "pop_call",
     "decode_pop_reply",
     "record_use_call",
     "replace_call",
+    "rewrap_calls",
+    "seal_summary_text",
     "stats_from_metadata",
     "summary_from_hash",
 ]
@@ -182,13 +187,37 @@ def decode_hash(raw: dict[Any, Any]) -> dict[str, str]:
     }
 
 
-def decode_messages(raw: Sequence[Any], memory_id: str) -> list[Message]:
-    return [Message.from_wire(r, memory_id=memory_id) for r in raw]
+def decode_messages(
+    raw: Sequence[Any], memory_id: str, keyring: KeyRing | None = None
+) -> list[Message]:
+    return [Message.from_wire(r, memory_id=memory_id, keyring=keyring) for r in raw]
 
 
-def summary_from_hash(data: dict[str, str]) -> Summary | None:
+def open_summary_hash(
+    data: dict[str, str], memory_id: str, keyring: KeyRing | None
+) -> dict[str, str]:
+    """A summary hash with its ``text`` in clear (encryption at rest: the stored text is an
+    envelope). :class:`~memory_engine.errors.DecryptionError` when it cannot be opened."""
+    text = data.get("text")
+    if not text:
+        return data
+    opened = open_text(text, memory_id, Purpose.SUMMARY, keyring)
+    return data if opened is text else {**data, "text": opened}
+
+
+def seal_summary_text(text: str, memory_id: str, keyring: KeyRing | None) -> str:
+    """The summary text as stored: an envelope when a key ring is configured."""
+    if keyring is None or not text:
+        return text
+    return keyring.seal(text.encode("utf-8"), memory_id, Purpose.SUMMARY)
+
+
+def summary_from_hash(
+    data: dict[str, str], memory_id: str = "", keyring: KeyRing | None = None
+) -> Summary | None:
     if not data.get("text"):
         return None
+    data = open_summary_hash(data, memory_id, keyring)
     return Summary(
         text=data["text"],
         token_count=int(data.get("token_count", 0)),
@@ -199,18 +228,58 @@ def summary_from_hash(data: dict[str, str]) -> Summary | None:
     )
 
 
+def rewrap_calls(
+    raw: Sequence[bytes | str],
+    summary_text: bytes | str | None,
+    memory_id: str,
+    keyring: KeyRing,
+    *,
+    chunk: int,
+) -> list[tuple[Any, ...]]:
+    """ARGV of the ``lua/reencrypt.lua`` calls that put ``memory_id``'s list (``raw``, as read)
+    and summary text under the key ``keyring`` chooses for it now, ``chunk`` elements per call
+    (the summary rides with the first); ``[]`` when everything already is. Raises
+    :class:`~memory_engine.errors.DecryptionError` for what the ring cannot open."""
+    triples: list[tuple[int, bytes | str, bytes]] = []
+    for position, element in enumerate(raw):
+        new = rewrap_wire(element, memory_id, keyring)
+        if new is not None:
+            triples.append((position, element, new))
+    summary_swap: tuple[bytes | str, str] | None = None
+    if summary_text:
+        text = summary_text.decode("utf-8") if isinstance(summary_text, bytes) else summary_text
+        if key_id_of(text) != keyring.key_id_for(memory_id):
+            plain = keyring.open_text(text, memory_id, Purpose.SUMMARY)
+            summary_swap = (summary_text, seal_summary_text(plain, memory_id, keyring))
+    calls: list[tuple[Any, ...]] = []
+    for start in range(0, max(len(triples), 1 if summary_swap else 0), chunk):
+        part = triples[start : start + chunk]
+        argv: list[Any] = [len(part)]
+        for position, old, new in part:
+            argv.extend((position, old, new))
+        if start == 0 and summary_swap is not None:
+            argv.extend(summary_swap)
+        else:
+            argv.extend(("", ""))
+        calls.append(tuple(argv))
+    return calls
+
+
 def context_call(keys: MemoryKeys, budget: int | None) -> ScriptCall:
     """KEYS and ARGV of ``lua/context.lua`` (``budget`` None: the whole list)."""
     return (keys.msgs, keys.meta, keys.summary), (-1 if budget is None else budget,)
 
 
-def decode_context_reply(reply: Sequence[Any], memory_id: str) -> ContextWindow:
+def decode_context_reply(
+    reply: Sequence[Any], memory_id: str, keyring: KeyRing | None = None
+) -> ContextWindow:
     summary_raw, start, tail, systems = reply
+    summary = decode_hash(dict(zip(summary_raw[::2], summary_raw[1::2], strict=True)))
     return ContextWindow(
-        summary=decode_hash(dict(zip(summary_raw[::2], summary_raw[1::2], strict=True))),
+        summary=open_summary_hash(summary, memory_id, keyring),
         tail_start=int(start),
-        tail=decode_messages(tail, memory_id),
-        systems=decode_messages(systems, memory_id),
+        tail=decode_messages(tail, memory_id, keyring),
+        systems=decode_messages(systems, memory_id, keyring),
     )
 
 

@@ -51,6 +51,7 @@ from memory_engine.core.commands import (
     replace_call,
 )
 from memory_engine.core.context import ContextWindow
+from memory_engine.crypto import KeyRing
 from memory_engine.keys import KeySpace, MemoryKeys
 from memory_engine.messages import Message
 from memory_engine.store.plumbing import log_hint_errors, translate_errors
@@ -65,9 +66,12 @@ class AsyncMemoryStore:
     """Data access for memories over one ``redis.asyncio`` client. Use it from one event loop
     (the loop its client's connections belong to)."""
 
-    def __init__(self, client: AsyncRedis, keyspace: KeySpace) -> None:
+    def __init__(
+        self, client: AsyncRedis, keyspace: KeySpace, *, keyring: KeyRing | None = None
+    ) -> None:
         self.redis = client
         self.keyspace = keyspace
+        self.keyring = keyring  # encryption at rest: reads open envelopes with it
         self._shas = {name: script_sha(name) for name in _SCRIPT_NAMES}
         self._index_memo = IndexMemo()
 
@@ -265,7 +269,7 @@ class AsyncMemoryStore:
     async def read(self, keys: MemoryKeys) -> list[Message]:
         with translate_errors("read"):
             raw = await self.redis.lrange(keys.msgs, 0, -1)
-        return decode_messages(raw, keys.memory_id)
+        return decode_messages(raw, keys.memory_id, self.keyring)
 
     async def read_tail(self, keys: MemoryKeys, count: int) -> list[Message]:
         """The newest ``count`` messages, oldest first (one ``LRANGE``)."""
@@ -281,12 +285,12 @@ class AsyncMemoryStore:
             pipe.lrange(keys.msgs, offset, offset + limit - 1)
 
         total, raw = await self._run_pipeline("read page", build, transaction=True)
-        return decode_messages(raw, keys.memory_id), int(total)
+        return decode_messages(raw, keys.memory_id, self.keyring), int(total)
 
     async def context_window(self, keys: MemoryKeys, budget: int | None) -> ContextWindow:
         """What ``context()`` reads, in one round trip (``lua/context.lua``)."""
         reply = await self._call_script("context", "context", *context_call(keys, budget))
-        return decode_context_reply(reply, keys.memory_id)
+        return decode_context_reply(reply, keys.memory_id, self.keyring)
 
     async def metadata(self, keys: MemoryKeys) -> tuple[dict[str, str], int, bool, dict[str, str]]:
         """(meta hash, ttl in seconds as Redis reports it, flush pending, summary hash)."""

@@ -88,6 +88,14 @@ class IndexStore:
             )
         return [_text(m) for m in found]
 
+    def scan_memories(self, cursor: int, batch: int) -> tuple[int, list[str]]:
+        """One ``ZSCAN`` step over the access index (every memory an append indexed): the next
+        cursor (0: done) and the ids found. ZSCAN returns every member present for the whole
+        scan at least once, whatever is added or removed meanwhile (key rotation)."""
+        with translate_errors("scan memories"):
+            next_cursor, found = self.redis.zscan(self.keyspace.access_index, cursor, count=batch)
+        return int(next_cursor), [_text(member) for member, _score in found]
+
     def pending_before(self, before: float, batch: int) -> list[PendingEntry]:
         """Memories whose flush was requested before ``before``, with their marker and
         resource, in two round trips at most."""

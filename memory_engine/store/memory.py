@@ -66,10 +66,13 @@ from memory_engine.core.commands import (
     pop_call,
     record_use_call,
     replace_call,
+    rewrap_calls,
+    seal_summary_text,
     summary_from_hash,
 )
 from memory_engine.core.context import ContextWindow
 from memory_engine.core.plans import Snapshot, Summary
+from memory_engine.crypto import KeyRing
 from memory_engine.errors import FlushConflict, LockLost
 from memory_engine.keys import KeySpace, MemoryKeys
 from memory_engine.messages import Message
@@ -86,6 +89,7 @@ __all__ = [
     "CommitResult",
     "ContextWindow",
     "MemoryStore",
+    "RewrapCounts",
     "PendingMessage",
     "summary_from_hash",
     "translate_errors",
@@ -104,7 +108,24 @@ _SCRIPT_NAMES = (
     "flush_marker",
     "record_use",
     "pop",
+    "reencrypt",
 )
+
+
+REWRAP_CHUNK = 200
+"""Elements re-encrypted per ``reencrypt.lua`` call: bounds how long one call holds Redis."""
+REWRAP_MAX_ROUNDS = 5
+"""Reads of one memory by ``reencrypt`` before it reports the elements that kept moving."""
+
+
+@dataclass(frozen=True, slots=True)
+class RewrapCounts:
+    """What re-encrypting one memory did: fields swapped in (messages and the summary), fields
+    still not under the target key because they kept moving (0 = done), reads it took."""
+
+    rewrapped: int
+    missed: int
+    rounds: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,9 +141,14 @@ class CommitResult:
 class MemoryStore(ScriptRunner):
     """Data access for memories. Thread-safe: redis-py's pool hands each call its connection."""
 
-    def __init__(self, client: RedisClient, keyspace: KeySpace) -> None:
+    def __init__(
+        self, client: RedisClient, keyspace: KeySpace, *, keyring: KeyRing | None = None
+    ) -> None:
         super().__init__(client, _SCRIPT_NAMES)
         self.keyspace = keyspace
+        # Encryption at rest (docs/encryption.md): reads open envelopes with it, the commit
+        # seals the summary; None: everything is written in clear.
+        self.keyring = keyring
         # When an append carries its memory's index writes (module docstring).
         self._index_memo = IndexMemo()
         # The lean single-command path (memory_engine/resp.py) and the memoised leading
@@ -344,7 +370,7 @@ class MemoryStore(ScriptRunner):
             counter_field,
             "1" if clear_marker else "0",
             "1" if summary is not None else "0",
-            summary.text if summary else "",
+            seal_summary_text(summary.text, keys.memory_id, self.keyring) if summary else "",
             summary.token_count if summary else 0,
             summary.summary_point if summary else 0,
             summary.source if summary else "",
@@ -454,7 +480,7 @@ class MemoryStore(ScriptRunner):
     def read(self, keys: MemoryKeys) -> list[Message]:
         with translate_errors("read"):
             raw = self.redis.lrange(keys.msgs, 0, -1)
-        return decode_messages(raw, keys.memory_id)
+        return decode_messages(raw, keys.memory_id, self.keyring)
 
     def read_page(self, keys: MemoryKeys, offset: int, limit: int) -> tuple[list[Message], int]:
         def build(pipe: Any) -> None:
@@ -462,19 +488,19 @@ class MemoryStore(ScriptRunner):
             pipe.lrange(keys.msgs, offset, offset + limit - 1)
 
         total, raw = self._run_pipeline("read page", build, transaction=True)
-        return decode_messages(raw, keys.memory_id), int(total)
+        return decode_messages(raw, keys.memory_id, self.keyring), int(total)
 
     def read_tail(self, keys: MemoryKeys, count: int) -> list[Message]:
         with translate_errors("read tail"):
             raw = self.redis.lrange(keys.msgs, -count, -1)
-        return decode_messages(raw, keys.memory_id)
+        return decode_messages(raw, keys.memory_id, self.keyring)
 
     def context_window(self, keys: MemoryKeys, budget: int | None) -> ContextWindow:
         """What ``Memory.context()`` reads, in one round trip (``lua/context.lua``): the summary,
         the shortest tail whose non-system messages exceed ``budget`` tokens (``None``: the whole
         list), and the system messages before that tail."""
         reply = self._call_script("context", "context", *context_call(keys, budget))
-        return decode_context_reply(reply, keys.memory_id)
+        return decode_context_reply(reply, keys.memory_id, self.keyring)
 
     def snapshot(
         self, keys: MemoryKeys, *, with_usage: bool = False
@@ -491,14 +517,14 @@ class MemoryStore(ScriptRunner):
         replies = self._run_pipeline("snapshot", build, transaction=True)
         raw, meta_raw, summary_raw = replies[0], replies[1], replies[2]
         meta = decode_hash(meta_raw)
-        summary = summary_from_hash(decode_hash(summary_raw))
+        summary = summary_from_hash(decode_hash(summary_raw), keys.memory_id, self.keyring)
         used: dict[int, float] = {}
         if with_usage:
             used = {int(m): float(score) for m, score in replies[3]}
         snap = Snapshot(
             key=keys.memory_id,
             # Decoded on access: planners read seqs and token counts from the element headers.
-            messages=StoredMessages(raw),
+            messages=StoredMessages(raw, memory_id=keys.memory_id, keyring=self.keyring),
             epoch=int(meta.get("epoch", 0)),
             last_seq=int(meta.get("seq", 0)),
             token_count=int(meta.get("token_count", 0)),
@@ -522,4 +548,48 @@ class MemoryStore(ScriptRunner):
 
     def summary(self, keys: MemoryKeys) -> Summary | None:
         with translate_errors("read summary"):
-            return summary_from_hash(decode_hash(self.redis.hgetall(keys.summary)))
+            raw = decode_hash(self.redis.hgetall(keys.summary))
+        return summary_from_hash(raw, keys.memory_id, self.keyring)
+
+    # ---- encryption at rest ---------------------------------------------------------------
+
+    def reencrypt(
+        self,
+        keys: MemoryKeys,
+        keyring: KeyRing,
+        *,
+        chunk: int = REWRAP_CHUNK,
+        max_rounds: int = REWRAP_MAX_ROUNDS,
+    ) -> RewrapCounts:
+        """Re-encrypt one memory's messages and summary under the key ``keyring`` chooses for
+        it now (key rotation; elements stored in clear get encrypted too).
+
+        Reads the list and the summary text, re-encrypts in Python what is not under the target
+        key (:func:`~memory_engine.core.commands.rewrap_calls`), then swaps them in with
+        ``lua/reencrypt.lua``, ``chunk`` elements per call: each element is replaced only if
+        its position still holds the very bytes that were read (compare-and-swap). Appends
+        (the tail), flushes and clears (which move or remove elements and bump the epoch) are
+        never undone: an element that moved is missed, and the memory is read again, up to
+        ``max_rounds`` times. Raises :class:`DecryptionError` when an element cannot be opened
+        with ``keyring`` (a shredded project's memory)."""
+        rewrapped = missed = 0
+        for round_ in range(max_rounds):
+
+            def build(pipe: Any) -> None:
+                pipe.lrange(keys.msgs, 0, -1)
+                pipe.hget(keys.summary, "text")
+
+            raw, summary_text = self._run_pipeline("reencrypt read", build, transaction=True)
+            calls = rewrap_calls(raw, summary_text, keys.memory_id, keyring, chunk=chunk)
+            if not calls:
+                return RewrapCounts(rewrapped, 0, round_)
+            missed = 0
+            for argv in calls:
+                swapped, miss = self._call_script(
+                    "reencrypt", "reencrypt", (keys.msgs, keys.summary), argv
+                )
+                rewrapped += int(swapped)
+                missed += int(miss)
+            if not missed:
+                return RewrapCounts(rewrapped, 0, round_ + 1)
+        return RewrapCounts(rewrapped, missed, max_rounds)

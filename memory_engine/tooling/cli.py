@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from memory_engine.errors import ConfigError
+from memory_engine.tooling.cli_keys import keys_app
 from memory_engine.tooling.cli_server import server_app
 from memory_engine.tooling.cli_services import services_app
 from memory_engine.tooling.cli_support import (
@@ -66,6 +67,7 @@ resources_app = typer.Typer(help="Memory resources (YAML files).", no_args_is_he
 app.add_typer(resources_app, name="resources")
 app.add_typer(services_app)
 app.add_typer(server_app)
+app.add_typer(keys_app, name="keys")
 
 
 # ---- resources -------------------------------------------------------------------------------

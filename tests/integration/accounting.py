@@ -42,6 +42,8 @@ from typing import Any
 import redis
 
 from memory_engine.client import MemoryClient
+from memory_engine.crypto import KeyRing
+from memory_engine.errors import StoreError
 from memory_engine.keys import MemoryKeys
 from memory_engine.messages import Message
 
@@ -172,14 +174,17 @@ def _read(r: redis.Redis, keys: MemoryKeys) -> tuple[list[Any], dict[str, str], 
     return list(raw), _decode(meta), _decode(summary)
 
 
-def _parse_list(raw: list[Any], account: Account) -> list[dict[str, Any]]:
-    """Each element through the engine's own decoder (the wire format belongs to Message)."""
+def _parse_list(
+    raw: list[Any], account: Account, keyring: KeyRing | None = None
+) -> list[dict[str, Any]]:
+    """Each element through the engine's own decoder (the wire format belongs to Message);
+    encrypted elements open with ``keyring`` (the client's)."""
     items: list[dict[str, Any]] = []
     for index, element in enumerate(raw):
         text = element.decode("utf-8", "replace") if isinstance(element, bytes) else str(element)
         try:
-            message = Message.from_wire(text)
-        except (ValueError, KeyError) as exc:
+            message = Message.from_wire(text, memory_id=account.memory_id, keyring=keyring)
+        except (ValueError, KeyError, StoreError) as exc:
             account.problem(f"list element {index} is not a stored message ({exc}): {text[:80]!r}")
             continue
         if message.seq is None or message.token_count is None:
@@ -259,7 +264,7 @@ def account_memory(client: MemoryClient, memory_id: str, ledger: Ledger) -> Acco
         if acked or raw:
             account.problem(f"metadata is missing ({len(acked)} acknowledged, {len(raw)} listed)")
         return account
-    items = _parse_list(raw, account)
+    items = _parse_list(raw, account, client.keyring)
     account.list_length = len(items)
     _check_structure(items, meta, summary, account)
 

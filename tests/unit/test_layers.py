@@ -21,6 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "memory_engine.durations",
             "memory_engine.encodings",
             "memory_engine.settings",
+            "memory_engine.crypto",
             "memory_engine.context_windows",
             "memory_engine.task_contract",
             "memory_engine.http",
