@@ -80,23 +80,26 @@ class ScriptRunner:
                     self._load_scripts()
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _run_with_hints(self, what: str, memory_id: str, build: Callable[[Any], None]) -> Any:
-        """One pipeline: a per-memory write first, then index commands (hints). Returns the
-        write's reply and raises its error (then nothing changed); errors of the index commands
-        are logged, not raised (module docstring). NOSCRIPT: load the scripts and send again (the
-        script did not run, and the index commands are idempotent)."""
+    def _run_with_hints(
+        self, what: str, memory_id: str, build: Callable[[Any], None], write_at: int = 0
+    ) -> Any:
+        """One pipeline: a per-memory write first (or at ``write_at``, after index commands that
+        must precede it), the other commands are index commands (hints). Returns the write's
+        reply and raises its error; errors of the index commands are logged, not raised (module
+        docstring). NOSCRIPT: load the scripts and send again (the script did not run, and the
+        index commands are idempotent)."""
         with translate_errors(what):
             for attempt in (0, 1):
                 pipe = self.redis.pipeline(transaction=False)
                 build(pipe)
                 replies = list(pipe.execute(raise_on_error=False))
-                first = replies[0]
+                first = replies.pop(write_at)
                 if isinstance(first, redis_errors.NoScriptError) and not attempt:
                     self._load_scripts()
                     continue
                 if isinstance(first, Exception):
                     raise first
-                self._log_hint_errors(what, memory_id, replies[1:])
+                self._log_hint_errors(what, memory_id, replies)
                 return first
         raise AssertionError("unreachable")  # pragma: no cover
 
