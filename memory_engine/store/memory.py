@@ -295,7 +295,15 @@ class MemoryStore(ScriptRunner):
             pipe.zadd(self.keyspace.access_index, {keys.memory_id: now})
 
         reply = self._run_with_hints("replace", keys.memory_id, build)
-        return decode_replace_reply(reply, keys.memory_id)
+        try:
+            return decode_replace_reply(reply, keys.memory_id)
+        except MemoryErased:  # take back the access-index entry that rode with the script
+            self._write_hints(
+                "unindex erased memory",
+                keys.memory_id,
+                lambda pipe: unindex_commands(self.keyspace, pipe, keys.memory_id, None),
+            )
+            raise
 
     def clear(self, keys: MemoryKeys, now: float | None = None, archive: str = "") -> int:
         """Remove all messages and the summary; keep metadata. Returns how many were cleared."""
