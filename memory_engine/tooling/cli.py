@@ -19,6 +19,7 @@ from rich.text import Text
 
 from memory_engine.errors import ConfigError
 from memory_engine.tooling.cli_services import services_app
+from memory_engine.tooling.cli_subject import subject_app
 from memory_engine.tooling.cli_support import (
     EXIT_FAILURE,
     EXIT_USAGE,
@@ -64,6 +65,7 @@ app = typer.Typer(
 resources_app = typer.Typer(help="Memory resources (YAML files).", no_args_is_help=True)
 app.add_typer(resources_app, name="resources")
 app.add_typer(services_app)
+app.add_typer(subject_app, name="subject")
 
 
 # ---- resources -------------------------------------------------------------------------------
