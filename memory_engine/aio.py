@@ -28,12 +28,22 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from memory_engine.client import Memory, MemoryClient
-from memory_engine.core.append import PreparedBatch, append_result, prepare_batch, unstored_result
-from memory_engine.core.commands import check_page_arguments, page_of, stats_from_metadata
+from memory_engine.core.append import (
+    PreparedBatch,
+    append_result,
+    archive_argument,
+    prepare_batch,
+    unstored_result,
+)
+from memory_engine.core.commands import (
+    check_page_arguments,
+    page_of,
+    stats_from_metadata,
+)
 from memory_engine.core.context import ContextRequest
 from memory_engine.messages import (
     AppendResult,
@@ -47,6 +57,7 @@ from memory_engine.store.aio import AsyncMemoryStore
 from memory_engine.store.connections import AsyncRedisClient, async_redis_from_settings
 
 if TYPE_CHECKING:
+    from memory_engine.core.subjects import ErasureReport
     from memory_engine.engine.flush import FlushResult
     from memory_engine.keys import KeySpace, MemoryKeys
     from memory_engine.producer import TaskProducer
@@ -121,6 +132,28 @@ class AsyncMemoryClient:
     def memory_by_id(self, memory_id: str, resource_id: str) -> AsyncMemory:
         """A handle from an already resolved memory id (checked as rendered keys are; no I/O)."""
         return AsyncMemory(self, self.sync.memory_by_id(memory_id, resource_id))
+
+    # ---- data subjects (docs/data-protection.md) --------------------------------------------
+
+    async def export_subject(
+        self, subject: str, project_id: str | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """:meth:`memory_engine.client.MemoryClient.export_subject` on the loop: each memory is
+        read by the sync client in a thread (one MULTI each), yielded as it is read."""
+        iterator = self.sync.export_subject(subject, project_id)
+        done = object()
+        while True:
+            record = await asyncio.to_thread(next, iterator, done)
+            if record is done:
+                return
+            yield record  # type: ignore[misc]
+
+    async def erase_subject(self, subject: str, project_id: str | None = None) -> ErasureReport:
+        """:meth:`memory_engine.client.MemoryClient.erase_subject` in a thread (as
+        :meth:`AsyncMemory.flush` runs), shielded: a cancelled caller does not stop an erasure
+        half-way."""
+        erase = functools.partial(self.sync.erase_subject, subject, project_id)
+        return await asyncio.shield(asyncio.to_thread(erase))
 
     async def aclose(self) -> None:
         """Release the ``redis.asyncio`` pool and what the inner sync client built (closed in a
@@ -208,6 +241,8 @@ class AsyncMemory:
             token_ceiling=plan.token_ceiling,
             message_ceiling=plan.message_ceiling,
             refuse_over_ceiling=plan.refuse_over_ceiling,
+            archive=plan.archive,
+            subject_index=self.sync.subject_index,
         )
         flush_requested = False
         if outcome.flush_requested:
@@ -227,13 +262,18 @@ class AsyncMemory:
             seal=self.seal,
         )
         count, _tokens, _epoch = await self.client.store.replace(
-            self.keys, batch.pending, resource_id=self.resource.id, ttl_s=self.resource.ttl_s
+            self.keys,
+            batch.pending,
+            resource_id=self.resource.id,
+            ttl_s=self.resource.ttl_s,
+            archive=plan.archive,
         )
         return count
 
     async def clear(self) -> int:
-        """Remove every message and the summary; returns how many messages were cleared."""
-        return await self.client.store.clear(self.keys)
+        """Remove every message and the summary (to the archive when it is enabled); returns
+        how many messages were cleared."""
+        return await self.client.store.clear(self.keys, archive=archive_argument(self.resource))
 
     async def delete(self) -> bool:
         """Remove the memory entirely (messages, metadata, summary, markers, index entries)."""
@@ -264,6 +304,12 @@ class AsyncMemory:
         if record_use and self.resource.records_uses:
             seqs = [m.seq for m in messages if m.seq is not None]
             await store.record_use(self.keys, seqs, self.resource.ttl_s)
+        return page_of(messages, total, offset, limit)
+
+    async def read_archive(self, offset: int = 0, limit: int = 50) -> Page:
+        """The archive, oldest first, as :meth:`memory_engine.client.Memory.read_archive`."""
+        check_page_arguments(offset, limit)
+        messages, total = await self.client.store.read_archive(self.keys, offset, limit)
         return page_of(messages, total, offset, limit)
 
     async def stats(self) -> MemoryStats:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from memory_engine import metrics
@@ -22,6 +22,7 @@ from memory_engine.core.append import (
     PendingMessage,
     PreparedBatch,
     append_result,
+    archive_argument,
     prepare_batch,
     unstored_result,
 )
@@ -34,7 +35,14 @@ from memory_engine.errors import (
     ResourceNotFound,
     StoreUnavailable,
 )
-from memory_engine.keys import KeySpace, MemoryKeys, project_of, render_key, validate_memory_id
+from memory_engine.keys import (
+    KeySpace,
+    MemoryKeys,
+    project_of,
+    render_key,
+    render_subject,
+    validate_memory_id,
+)
 from memory_engine.messages import (
     AppendResult,
     MemoryStats,
@@ -49,10 +57,12 @@ from memory_engine.resources import MemoryResource
 from memory_engine.settings import Settings, load_settings
 from memory_engine.store import MemoryStore
 from memory_engine.store.connections import RedisClient
+from memory_engine.store.subjects import SubjectStore
 from memory_engine.task_contract import TASK_FLUSH
 from memory_engine.tokens import TokenCounter, counter_for
 
 if TYPE_CHECKING:
+    from memory_engine.core.subjects import ErasureReport
     from memory_engine.engine.flush import FlushResult
     from memory_engine.summarizers import Summarizer
     from memory_engine.token_providers import CounterRegistry
@@ -84,6 +94,7 @@ class MemoryClient:
         # Encryption at rest (docs/encryption.md): None unless MEMORY_ENCRYPTION_KEYS is set.
         self.keyring = keyring_from_settings(self.settings)
         self.store = MemoryStore(self.redis, self.keyspace, keyring=self.keyring)
+        self.subjects = SubjectStore(self.redis, self.keyspace)
         self._owns_producer = producer is None
         self.producer = producer or TaskProducer(self.settings, self.redis)
         self._redactors: dict[str, Redactor] = {}
@@ -123,7 +134,40 @@ class MemoryClient:
         memory_id = render_key(
             template, context, default_project_id=self.settings.default_project_id
         )
-        return Memory(self, resource, memory_id)
+        subject_index = None
+        if resource.subject_template:
+            from memory_engine.engine.subjects import subject_digest
+
+            digest = subject_digest(
+                self.settings, render_subject(resource.subject_template, context)
+            )
+            subject_index = self.keyspace.subject_index(project_of(memory_id), digest)
+        return Memory(self, resource, memory_id, subject_index=subject_index)
+
+    # ---- data subjects (docs/data-protection.md) --------------------------------------------
+
+    def export_subject(
+        self, subject: str, project_id: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Yield every memory of the data ``subject`` in ``project_id`` (``None``: this client's
+        default project, ``MEMORY_DEFAULT_PROJECT_ID``) as a JSON-ready dict: ``memory_id``,
+        ``project_id``, ``resource_id``, ``stats``, ``summary``, ``messages``, ``archive``.
+        Each memory is read in one MULTI; memories are found through the subject's index."""
+        from memory_engine.engine.subjects import export_subject
+
+        return export_subject(
+            self.settings, self.keyspace, self.registry, self.subjects, subject, project_id
+        )
+
+    def erase_subject(self, subject: str, project_id: str | None = None) -> ErasureReport:
+        """Erase every memory of the data ``subject`` in ``project_id`` (``None``: the default
+        project): messages, metadata, summary, archive, markers, index entries. Leaves an
+        erasure record (subject hash, time, counts) in ``<prefix>:erasures`` and, per memory,
+        a content-free tombstone that refuses appends for ``MEMORY_ERASURE_TOMBSTONE_TTL_S``
+        (:class:`~memory_engine.errors.MemoryErased`)."""
+        from memory_engine.engine.subjects import erase_subject
+
+        return erase_subject(self.settings, self.keyspace, self.subjects, subject, project_id)
 
     def memory_by_id(
         self, memory_id: str, resource_id: str, *, verify_resource: bool = False
@@ -220,8 +264,17 @@ class MemoryClient:
 class Memory:
     """One conversation memory. Cheap to create; holds no connection of its own."""
 
-    def __init__(self, client: MemoryClient, resource: MemoryResource, memory_id: str) -> None:
+    def __init__(
+        self,
+        client: MemoryClient,
+        resource: MemoryResource,
+        memory_id: str,
+        *,
+        subject_index: str | None = None,
+    ) -> None:
         self.client = client
+        self.subject_index = subject_index
+        """The data subject's SET of memory ids (``subject_template``), else ``None``."""
         self.resource = resource
         self.memory_id = memory_id
         """``<project>:<rendered key>``: what every task, log line and metric names it by."""
@@ -270,6 +323,8 @@ class Memory:
             token_ceiling=plan.token_ceiling,
             message_ceiling=plan.message_ceiling,
             refuse_over_ceiling=plan.refuse_over_ceiling,
+            archive=plan.archive,
+            subject_index=self.subject_index,
         )
         flush_requested = False
         if outcome.flush_requested:
@@ -296,13 +351,18 @@ class Memory:
         plan = self.client._append_plan(self.resource)
         pending = self._prepare(messages, plan, allow_empty=True).pending
         count, _tokens, _epoch = self.client.store.replace(
-            self.keys, pending, resource_id=self.resource.id, ttl_s=self.resource.ttl_s
+            self.keys,
+            pending,
+            resource_id=self.resource.id,
+            ttl_s=self.resource.ttl_s,
+            archive=plan.archive,
         )
         return count
 
     def clear(self) -> int:
-        """Remove every message and the summary; returns how many messages were cleared."""
-        return self.client.store.clear(self.keys)
+        """Remove every message and the summary (to the archive when it is enabled); returns
+        how many messages were cleared."""
+        return self.client.store.clear(self.keys, archive=archive_argument(self.resource))
 
     def delete(self) -> bool:
         """Remove the memory entirely (messages, metadata, summary, markers, index entries)."""
@@ -338,6 +398,15 @@ class Memory:
             self.client.store.record_use(
                 self.keys, [m.seq for m in messages if m.seq is not None], self.resource.ttl_s
             )
+        return page_of(messages, total, offset, limit)
+
+    def read_archive(self, offset: int = 0, limit: int = 50) -> Page:
+        """``limit`` archived messages from ``offset`` (0 = oldest), with the total: what
+        flushes, evictions, the ceiling, ``clear()`` and ``replace()`` removed while
+        ``archive.enabled``. Each message keeps its seq; ``metadata["archive"]`` holds
+        ``{"reason", "archived_at"}`` (reason: flushed, summarized, evicted, cleared, replaced)."""
+        check_page_arguments(offset, limit)
+        messages, total = self.client.store.read_archive(self.keys, offset, limit)
         return page_of(messages, total, offset, limit)
 
     def stats(self) -> MemoryStats:

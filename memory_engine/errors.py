@@ -18,6 +18,7 @@ __all__ = [
     "LockError",
     "LockLost",
     "MemoryEngineError",
+    "MemoryErased",
     "MemoryFull",
     "MessageValidationError",
     "MigrationError",
@@ -97,6 +98,12 @@ class MemoryFull(MessageValidationError):
     """The append would take the memory beyond its hard ceiling and its resource says
     ``ceiling.on_exceed: refuse`` (flushes are not keeping up, e.g. no worker runs). Nothing was
     written; the append may succeed once a flush has made room."""
+
+
+class MemoryErased(MemoryEngineError):
+    """The memory's data subject was erased moments ago (``erase_subject``): the memory holds a
+    tombstone for ``MEMORY_ERASURE_TOMBSTONE_TTL_S`` and refuses appends and replaces, so that a
+    write in flight during the erasure cannot recreate it. Nothing was written."""
 
 
 class RedactionError(MessageValidationError):

@@ -19,6 +19,15 @@ Key                                    Type    Contents
 ``<p>:{<memory id>}:used``             ZSET    seq -> last use time (LRU strategies only)
 ``<p>:{<memory id>}:flush``            STRING  flush marker (SET NX PX): a flush is pending
 ``<p>:{<memory id>}:lock``             STRING  lock owner token (SET NX PX, renewed)
+``<p>:{<memory id>}:archive``          LIST    removed messages (``archive.enabled``): the
+                                               stored element plus ``"why"`` (flushed,
+                                               summarized, evicted, cleared, replaced) and
+                                               ``"at"`` (unix s); own TTL, capped by LTRIM
+``<p>:subject:{<project>:<hash>}``     SET     memory ids of one data subject (the hash is
+                                               HMAC-SHA256 of the subject with
+                                               ``MEMORY_SUBJECT_SALT``; never the subject)
+``<p>:erasures``                       LIST    erasure records (subject hash, time, counts;
+                                               no content), newest first, capped
 ``<p>:idx:expiry``                     ZSET    memory id -> unix time its keys expire
 ``<p>:idx:access``                     ZSET    memory id -> unix time of last write
 ``<p>:idx:pending``                    ZSET    memory id -> unix time a flush was requested
@@ -34,6 +43,8 @@ the per-memory script (still one round trip on a single node), never from inside
 from __future__ import annotations
 
 import functools
+import hashlib
+import hmac
 import re
 import string
 import time
@@ -60,6 +71,8 @@ __all__ = [
     "memory_id_for",
     "project_of",
     "render_key",
+    "render_subject",
+    "subject_hash",
     "validate_key",
     "validate_memory_id",
 ]
@@ -101,6 +114,7 @@ class MemoryKeys:
     used: str
     flush: str
     lock: str
+    archive: str
 
     @property
     def project(self) -> str:
@@ -123,6 +137,7 @@ class KeySpace:
         self.breaker_prefix = f"{prefix}:breaker:"
         # "_index" cannot collide with a breaker: breaker names start with a letter.
         self.breaker_index = f"{self.breaker_prefix}_index"
+        self.erasure_log = f"{prefix}:erasures"
 
     def breaker(self, name: str) -> str:
         """The HASH holding one circuit breaker's shared state."""
@@ -138,7 +153,12 @@ class KeySpace:
             used=f"{tag}:used",
             flush=f"{tag}:flush",
             lock=f"{tag}:lock",
+            archive=f"{tag}:archive",
         )
+
+    def subject_index(self, project_id: str, subject_digest: str) -> str:
+        """The SET of memory ids of one data subject in one project (its own slot)."""
+        return f"{self.prefix}:subject:{{{_check_project_id(project_id)}:{subject_digest}}}"
 
     def memory_pattern(self, suffix: str = "meta") -> str:
         """A SCAN pattern for operators' one-off tools; never used by periodic work."""
@@ -462,3 +482,33 @@ def render_key(template: str, context: dict[str, Any] | None, *, default_project
         raise KeyTemplateError(f"project id must be a string, got {type(project_id).__name__}")
     key = _RENDERER.render(template, ctx)
     return memory_id_for(project_id, key)
+
+
+# --- data subjects -------------------------------------------------------------------------------
+
+
+def render_subject(template: str, context: dict[str, Any] | None) -> str:
+    """Render a resource's ``subject_template`` in the key templates' bounded sandbox. Fail-closed
+    like keys: a missing variable, a sandbox violation, an empty result or one longer than
+    ``KEY_MAX_LENGTH`` raises :class:`KeyTemplateError` (the subject is never shown)."""
+    ctx = context or {}
+    if not isinstance(ctx, dict):
+        raise KeyTemplateError(f"workflow context must be a mapping, got {type(ctx).__name__}")
+    try:
+        subject = _RENDERER.render(template, ctx)
+    except KeyTemplateError as exc:
+        raise KeyTemplateError(f"subject template: {exc}") from exc
+    if not subject.strip():
+        raise KeyTemplateError("subject template rendered an empty subject")
+    return subject
+
+
+def subject_hash(subject: str, salt: str) -> str:
+    """What keys and records hold instead of the subject: HMAC-SHA256 (hex) of ``subject`` keyed
+    with the deployment's ``MEMORY_SUBJECT_SALT``. Without the salt the hash cannot be computed
+    from a guessed subject (a bare SHA-256 of a user id could be)."""
+    if not isinstance(subject, str) or not subject.strip():
+        raise KeyTemplateError("a data subject must be a non-empty string")
+    if len(subject) > KEY_MAX_LENGTH:
+        raise KeyTemplateError(f"a data subject is at most {KEY_MAX_LENGTH} characters")
+    return hmac.new(salt.encode("utf-8"), subject.encode("utf-8"), hashlib.sha256).hexdigest()

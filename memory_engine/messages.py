@@ -441,6 +441,9 @@ class MemoryStats(BaseModel):
     evicted_count: int = 0
     summarized_count: int = 0
     flushed_count: int = 0
+    archived_count: int = 0
+    """Messages moved to the archive so far (``archive.enabled``); not a bucket of the
+    accounting invariant: each is also counted under the reason that removed it."""
     last_flush_at: float | None = None
     created_at: float | None = None
     updated_at: float | None = None

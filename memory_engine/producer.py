@@ -52,7 +52,7 @@ PUBLISH_BREAKER_FAIL_MAX = 1
 ``PUBLISH_MAX_RETRIES`` times and a second failure would cost every appender another timeout."""
 
 SHOWN_TASK_ARGUMENTS = frozenset(
-    {"memory_id", "resource_id", "strategy", "reason", "policy", "dry_run"}
+    {"memory_id", "resource_id", "strategy", "reason", "policy", "dry_run", "first_seq", "last_seq"}
 )
 """Task arguments that Flower, task events and worker logs may show; any other is masked."""
 
@@ -62,6 +62,22 @@ def task_kwargsrepr(kwargs: dict[str, Any]) -> str:
     only. Tasks never carry message content; masking every other name keeps it so if one ever
     gains an argument that could."""
     return repr({k: v if k in SHOWN_TASK_ARGUMENTS else "<hidden>" for k, v in kwargs.items()})
+
+
+def declared_queue(settings: Settings, name: str) -> Queue:
+    """One queue as :func:`task_queues` declares the engine's."""
+    from kombu.entity import Exchange, Queue
+
+    arguments = (
+        {"x-queue-type": settings.broker_queue_type} if settings.broker_kind() == "amqp" else None
+    )
+    return Queue(  # type: ignore[no-untyped-call]
+        name,
+        Exchange(name, type="direct", durable=True),  # type: ignore[no-untyped-call]
+        routing_key=name,
+        durable=True,
+        queue_arguments=arguments,
+    )
 
 
 def task_queues(settings: Settings) -> list[Queue]:
@@ -185,8 +201,17 @@ class TaskProducer:
                     self._app = app
         return self._app
 
-    def send(self, name: str, kwargs: dict[str, Any], *, task_id: str | None = None) -> str:
-        """Publish ``name`` with ``kwargs`` (ids only, never content) to its routed queue.
+    def send(
+        self,
+        name: str,
+        kwargs: dict[str, Any],
+        *,
+        task_id: str | None = None,
+        queue: str | None = None,
+    ) -> str:
+        """Publish ``name`` with ``kwargs`` (ids only, never content) to its routed queue, or to
+        ``queue`` (an application's task, e.g. the pre-removal hook ``archive.on_remove_task``:
+        declared like the engine's queues).
 
         Raises :class:`~memory_engine.errors.BrokerUnavailable`: the publish failed (within
         :attr:`publish_timeout_s`), or the broker breaker is open (``breaker_open``: at once,
@@ -197,15 +222,24 @@ class TaskProducer:
             name,
             kwargs,
             task_id,
+            queue,
             error_type=lambda message: BrokerUnavailable(message, breaker_open=True),
         )
 
-    def _publish(self, name: str, kwargs: dict[str, Any], task_id: str | None) -> str:
+    def _publish(
+        self, name: str, kwargs: dict[str, Any], task_id: str | None, queue: str | None
+    ) -> str:
+        options: dict[str, Any] = {}
+        if queue is not None:
+            # A Queue object, not a name: the app declares only the engine's queues and does
+            # not create missing ones.
+            options["queue"] = declared_queue(self._settings, queue)
         try:
             result = self.app.send_task(
                 name,
                 kwargs=kwargs,
                 headers=trace_headers(),
+                **options,
                 argsrepr="()",
                 kwargsrepr=task_kwargsrepr(kwargs),
                 task_id=task_id,

@@ -32,7 +32,7 @@ __all__ = [
     "TARGET_PER_THRESHOLD", "default_summary_tokens", "default_target_percent",
     "DEFAULT_PERSISTENCE_TTL_S", "DEFAULT_PRIORITY_KEYWORDS", "DEFAULT_REDACTION_STRING",
     "MAX_BOUNDED_REPEAT", "MAX_REPEAT_SPLITS", "MAX_REPORTED_CHARS", "MAX_REPORTED_PROBLEMS",
-    "Duration", "EvictionConfig", "EvictionPolicyType",
+    "ArchiveConfig", "DEFAULT_ARCHIVE_TTL_S", "Duration", "EvictionConfig", "EvictionPolicyType",
     "FlushingConfig",
     "FlushingType", "LockingConfig", "MemoryResource", "PersistenceConfig", "PrivacyPolicy",
     "ResourceType", "TokenAllocation", "TokenProviderConfig", "check_redact_pattern",
@@ -360,6 +360,47 @@ class CeilingConfig(_Frozen):
         return one(self.max_tokens, max_tokens), one(self.max_messages, max_messages)
 
 
+# --- archive (issue 16) -----------------------------------------------------------------------
+
+DEFAULT_ARCHIVE_TTL_S: Final[float] = 30 * 24 * 3600.0
+"""How long an archive is kept after its last write, by default (``archive.ttl``)."""
+# A Celery task name as applications write them: dotted Python-like identifiers.
+_TASK_NAME = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$"
+_QUEUE_NAME = r"^[A-Za-z0-9_.:\-]{1,200}$"
+
+
+class ArchiveConfig(_Frozen):
+    """Where removed messages go (``docs/data-protection.md``). ``enabled``: every message a
+    flush, an eviction, the hard ceiling, ``clear()`` or ``replace()`` removes is moved, in the
+    same script, to the memory's archive LIST (its own sliding ``ttl``, 0 = none; at most
+    ``max_messages``, oldest dropped first). ``on_remove_task``: a Celery task (by name) sent
+    ``{"memory_id", "first_seq", "last_seq", "reason"}`` once per committed flush or eviction,
+    on ``on_remove_queue`` (default: Celery's default queue, ``celery``)."""
+
+    enabled: bool = False
+    ttl: Duration = DEFAULT_ARCHIVE_TTL_S
+    max_messages: _PositiveInt | None = None
+    on_remove_task: Annotated[str, Field(pattern=_TASK_NAME, max_length=200)] | None = None
+    on_remove_queue: Annotated[str, Field(pattern=_QUEUE_NAME)] | None = None
+
+    @model_validator(mode="after")
+    def _rules(self) -> ArchiveConfig:
+        problems = _Problems()
+        if not self.enabled:
+            for name in ("ttl", "max_messages"):
+                if name in self.model_fields_set:
+                    problems.add(name, "only used when the archive is enabled", getattr(self, name))
+        if self.on_remove_queue is not None and self.on_remove_task is None:
+            problems.add("on_remove_queue", "only used with on_remove_task", self.on_remove_queue)
+        problems.raise_any(type(self).__name__)
+        return self
+
+    @property
+    def ttl_s(self) -> int:
+        """Archive TTL in whole seconds; 0 = no expiry of its own."""
+        return math.ceil(self.ttl)
+
+
 # --- the resource -----------------------------------------------------------------------------
 
 _TEMPLATE_ENV: Final = SandboxedEnvironment()
@@ -394,8 +435,13 @@ class MemoryResource(_Frozen):
     locking: LockingConfig = LockingConfig()
     token_provider: TokenProviderConfig | None = None
     default_key_template: _Text | None = None
+    archive: ArchiveConfig = ArchiveConfig()
+    subject_template: _Text | None = None
+    """Jinja2 (the key templates' sandbox) naming the data subject of every memory created, e.g.
+    ``"{{ workflow.input.user_id }}"``: memories are indexed by (project, subject hash) for
+    export and erasure (``MemoryClient.export_subject`` / ``erase_subject``)."""
 
-    @field_validator("default_key_template")
+    @field_validator("default_key_template", "subject_template")
     @classmethod
     def _template_parses(cls, value: str | None) -> str | None:
         # Syntax only: rendering (and its sandbox) belongs to the key builder, at use time.

@@ -74,6 +74,11 @@ RedisMode = Literal["standalone", "cluster", "sentinel"]
 """How the memory-data Redis is deployed (``MEMORY_REDIS_MODE``, docs/scaling.md)."""
 
 
+DEFAULT_ERASURE_TOMBSTONE_TTL_S = 120
+"""Default life of an erased memory's tombstone: longer than the append's index refresh (60 s),
+so a client's first append after it is indexed again before it writes."""
+
+
 class Settings(BaseSettings):
     """Every knob of the engine and its service processes. Env prefix ``MEMORY_``."""
 
@@ -158,6 +163,20 @@ class Settings(BaseSettings):
         "that is set but missing is an error when the registry loads.",
     )
     default_project_id: str = Field(default=DEFAULT_PROJECT_ID, pattern=r"^[A-Za-z0-9_\-.]{1,64}$")
+
+    # --- data subjects (docs/data-protection.md)
+    subject_salt: SecretStr | None = Field(
+        default=None,
+        description="Per-deployment secret that keys the HMAC-SHA256 of data subjects (keys and "
+        "erasure records hold the hash, never the subject). Required by resources with a "
+        "subject_template and by subject export/erasure; changing it orphans existing indexes.",
+    )
+    erasure_tombstone_ttl_s: int = Field(
+        default=DEFAULT_ERASURE_TOMBSTONE_TTL_S,
+        ge=1,
+        description="How long an erased memory refuses appends (MemoryErased), so that an "
+        "append in flight during an erasure cannot recreate it.",
+    )
 
     # --- input limits
     max_message_bytes: int = Field(default=DEFAULT_MAX_MESSAGE_BYTES, ge=64)

@@ -7,19 +7,30 @@ memory keys, so nothing is flushed between tests (FLUSHDB under a running worker
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
 from memory_engine.client import MemoryClient
 from memory_engine.settings import Settings
-from memory_engine.task_contract import QUEUES
+from memory_engine.task_contract import QUEUE_MAINTENANCE, QUEUES
 from tests.builders import fifo, hybrid, resource_yaml, resources_yaml
+
+HOOK_TASK = "tests.record_removal"
+"""A pre-removal hook registered in the in-process worker: it records each call in Redis."""
+
+
+def hook_calls_key(worker_prefix: str, memory_id: str) -> str:
+    """Where :data:`HOOK_TASK` records its calls for ``memory_id`` (a test-only key)."""
+    return f"{worker_prefix}:test-hook:{memory_id}"
+
 
 WORKER_RESOURCES = resources_yaml(
     resource_yaml("fifo-small", max_messages=10, flushing=fifo(), key_prefix="fifo"),
@@ -37,7 +48,21 @@ WORKER_RESOURCES = resources_yaml(
         key_prefix="ev",
     ),
     resource_yaml("short-ttl", max_messages=100, ttl="1s", key_prefix="ttl"),
+    # The archive's pre-removal hook (tests/integration/test_archive.py): the flush never
+    # triggers on its own (threshold 1.0 with appends kept below it), the test flushes inline.
+    resource_yaml(
+        "arch-hook",
+        max_messages=10,
+        flushing=fifo(threshold=1.0),
+        archive={
+            "enabled": True,
+            "on_remove_task": HOOK_TASK,
+            "on_remove_queue": QUEUE_MAINTENANCE,
+        },
+        key_prefix="arh",
+    ),
 )
+"""Resources of the in-process worker (its registry reads them)."""
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
@@ -82,6 +107,17 @@ def celery_app(worker_settings: Settings) -> Celery:
     app = create_app(worker_settings)
     # Keep pytest's log capture working (the worker would otherwise take over the root logger).
     app.conf.worker_hijack_root_logger = False
+    redis_dsn, prefix = worker_settings.redis_dsn(), worker_settings.key_prefix
+
+    @app.task(name=HOOK_TASK)  # type: ignore[misc]
+    def record_removal(memory_id: str, first_seq: int, last_seq: int, reason: str) -> None:
+        r = redis.Redis.from_url(redis_dsn)
+        try:
+            call = {"first_seq": first_seq, "last_seq": last_seq, "reason": reason}
+            r.rpush(hook_calls_key(prefix, memory_id), json.dumps(call))
+        finally:
+            r.close()
+
     return app
 
 

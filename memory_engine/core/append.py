@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from memory_engine.errors import MemoryFull, MessageValidationError
+from memory_engine.errors import MemoryErased, MemoryFull, MessageValidationError
 from memory_engine.messages import AppendResult, Message, coerce_message
 
 if TYPE_CHECKING:
@@ -32,6 +32,7 @@ __all__ = [
     "PreparedBatch",
     "ScriptArguments",
     "append_result",
+    "archive_argument",
     "check_message",
     "decode_reply",
     "prepare_batch",
@@ -80,6 +81,7 @@ class AppendPlan:
     token_ceiling: int
     message_ceiling: int
     refuse_over_ceiling: bool
+    archive: str = ""  # archive_argument(resource): '' = off
 
     @classmethod
     def for_resource(
@@ -100,6 +102,7 @@ class AppendPlan:
             token_ceiling=token_ceiling,
             message_ceiling=message_ceiling,
             refuse_over_ceiling=resource.ceiling.on_exceed is CeilingAction.REFUSE,
+            archive=archive_argument(resource),
         )
 
 
@@ -209,6 +212,15 @@ def check_message(message: Message, index: int, max_bytes: int) -> None:
         raise MessageValidationError(f"message {index}: a tool message needs tool_call_id")
 
 
+def archive_argument(resource: MemoryResource) -> str:
+    """The archive argument of the removing scripts (append, commit, clear, replace): ``''`` when
+    the resource's archive is off (the scripts then do nothing more), else ``'ttl_ms:max'``."""
+    archive = resource.archive
+    if not archive.enabled:
+        return ""
+    return f"{archive.ttl_s * 1000}:{archive.max_messages or 0}"
+
+
 class ScriptArguments(NamedTuple):
     """KEYS and ARGV of ``append.lua``: ``static`` is the same for every append of a memory and
     resource (a client may pack it once), ``dynamic`` changes per call."""
@@ -233,6 +245,7 @@ def script_arguments(
     message_ceiling: int,
     refuse_over_ceiling: bool,
     now: float,
+    archive: str = "",
 ) -> ScriptArguments:
     """The arguments ``append.lua``'s header documents, in its order."""
     n_system = tokens = 0
@@ -251,10 +264,11 @@ def script_arguments(
         token_ceiling,
         message_ceiling,
         "r" if refuse_over_ceiling else "e",
+        archive,
     )
     dynamic = [repr(now).encode(), b"%d" % len(encoded), b"%d" % n_system, b"%d" % tokens]
     dynamic.extend(encoded)
-    script_keys = (keys.msgs, keys.meta, keys.summary, keys.used, keys.flush)
+    script_keys = (keys.msgs, keys.meta, keys.summary, keys.used, keys.flush, keys.archive)
     return ScriptArguments(script_keys, static, dynamic, tokens)
 
 
@@ -269,7 +283,13 @@ def decode_reply(
     reply: bytes | str, memory_id: str, arguments: ScriptArguments
 ) -> tuple[AppendOutcome, bool]:
     """The append script's reply as an outcome and whether it created the memory. Raises
-    :class:`MemoryFull` when the script refused the batch at the ceiling (nothing was written)."""
+    :class:`MemoryFull` when the script refused the batch at the ceiling, :class:`MemoryErased`
+    when the memory holds an erasure tombstone (nothing was written either way)."""
+    if reply in (b"E", "E"):
+        raise MemoryErased(
+            f"memory {memory_id} was erased (erase_subject) moments ago and refuses writes "
+            "until its tombstone expires (MEMORY_ERASURE_TOMBSTONE_TTL_S): nothing was written"
+        )
     if reply[:1] in (b"R", "R"):
         count, total = split_ints(reply[2:])
         token_ceiling, message_ceiling = arguments.static[6], arguments.static[7]

@@ -6,12 +6,14 @@ stats, context windows, summaries). Each store sends these its own way; the rule
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from memory_engine.core.context import ContextWindow
 from memory_engine.core.plans import Summary
 from memory_engine.crypto import Purpose, key_id_of, open_text
+from memory_engine.errors import MemoryErased
 from memory_engine.messages import MemoryStats, Message, Page, check_int_argument, rewrap_wire
 
 if TYPE_CHECKING:
@@ -26,6 +28,9 @@ __all__ = [
     "INDEX_REFRESH_MAX_S",
     "IndexMemo",
     "clear_call",
+    "decode_archive",
+    "erase_call",
+    "subject_index_ttl_s",
     "context_call",
     "decode_context_reply",
     "decode_flush_marker",
@@ -83,6 +88,10 @@ class IndexMemo:
         # A `now` before the last write (an explicit time in the past) re-indexes too.
         return not 0.0 <= now - last < refresh_s
 
+    def forget(self, memory_id: str) -> None:
+        """The memory's next append carries its index writes again (it was refused as erased)."""
+        self._indexed_at.pop(memory_id, None)
+
     def remember(self, memory_id: str, now: float) -> None:
         memo = self._indexed_at
         if len(memo) >= INDEX_MEMO_MAX_ENTRIES:
@@ -100,6 +109,48 @@ def index_writes(
     return writes
 
 
+def subject_index_ttl_s(ttl_s: int) -> int | None:
+    """TTL of a subject's SET of memory ids as an append of a memory with ``ttl_s`` extends it
+    (``EXPIRE NX`` then ``EXPIRE GT``: it only grows): the memory's TTL plus the longest time an
+    append leaves index writes unrefreshed, so the SET outlives every memory it lists. ``None``
+    (``PERSIST``) for a memory without expiry."""
+    if ttl_s <= 0:
+        return None
+    return ttl_s + int(INDEX_REFRESH_MAX_S) + 1
+
+
+# ---- archive -------------------------------------------------------------------------------
+
+
+def decode_archive(raw: Sequence[Any], memory_id: str) -> list[Message]:
+    """Archive elements as messages: each is a stored element plus ``why`` (the reason) and
+    ``at`` (unix s), returned in ``metadata["archive"] = {"reason", "archived_at"}``."""
+    out: list[Message] = []
+    for element in raw:
+        message = Message.from_wire(element, memory_id=memory_id)
+        try:
+            extra = json.loads(element)
+            info = {"reason": str(extra.get("why", "")), "archived_at": float(extra.get("at", 0))}
+        except (ValueError, TypeError):  # from_wire decoded it: not reached for stored data
+            info = {"reason": "", "archived_at": 0.0}
+        metadata = {**message.metadata, "archive": info}
+        out.append(message.model_copy(update={"metadata": metadata}))
+    return out
+
+
+def erase_call(keys: MemoryKeys, now: float, tombstone_ttl_s: int) -> ScriptCall:
+    """KEYS and ARGV of ``lua/erase.lua`` (its reply: keys deleted)."""
+    return (
+        keys.msgs,
+        keys.meta,
+        keys.summary,
+        keys.used,
+        keys.flush,
+        keys.lock,
+        keys.archive,
+    ), (repr(now), tombstone_ttl_s * 1000)
+
+
 # ---- writes ------------------------------------------------------------------------------
 
 
@@ -110,6 +161,7 @@ def replace_call(
     resource_id: str,
     ttl_s: int,
     now: float,
+    archive: str = "",
 ) -> ScriptCall:
     """KEYS and ARGV of ``lua/replace.lua``."""
     args: list[Any] = [
@@ -118,21 +170,25 @@ def replace_call(
         ttl_s * 1000,
         len(messages),
         sum(1 for m in messages if m.is_system),
+        archive,
     ]
     for m in messages:
         args.extend((m.body, m.token_count))
-    return (keys.msgs, keys.meta, keys.summary, keys.used), tuple(args)
+    return (keys.msgs, keys.meta, keys.summary, keys.used, keys.archive), tuple(args)
 
 
-def decode_replace_reply(reply: Sequence[Any]) -> tuple[int, int, int]:
-    """``lua/replace.lua``'s reply as (count, tokens, epoch)."""
+def decode_replace_reply(reply: Sequence[Any], memory_id: str = "") -> tuple[int, int, int]:
+    """``lua/replace.lua``'s reply as (count, tokens, epoch); :class:`MemoryErased` when the
+    memory holds an erasure tombstone."""
+    if len(reply) == 1:
+        raise MemoryErased(f"memory {memory_id} was erased moments ago: nothing was replaced")
     count, tokens, epoch, _first, _last = reply
     return int(count), int(tokens), int(epoch)
 
 
-def clear_call(keys: MemoryKeys, now: float) -> ScriptCall:
+def clear_call(keys: MemoryKeys, now: float, archive: str = "") -> ScriptCall:
     """KEYS and ARGV of ``lua/clear.lua`` (its reply: cleared count, epoch)."""
-    return (keys.msgs, keys.meta, keys.summary, keys.used), (repr(now),)
+    return (keys.msgs, keys.meta, keys.summary, keys.used, keys.archive), (repr(now), archive)
 
 
 def pop_call(keys: MemoryKeys, now: float) -> ScriptCall:
@@ -148,8 +204,8 @@ def decode_pop_reply(reply: Any, memory_id: str) -> Message | None:
 
 
 def memory_key_names(keys: MemoryKeys) -> tuple[str, ...]:
-    """Every key of one memory (what ``delete`` removes)."""
-    return (keys.msgs, keys.meta, keys.summary, keys.used, keys.flush, keys.lock)
+    """Every key of one memory (what ``delete`` removes), its archive included."""
+    return (keys.msgs, keys.meta, keys.summary, keys.used, keys.flush, keys.lock, keys.archive)
 
 
 def flush_marker_call(keys: MemoryKeys, ttl_s: int, now: float) -> ScriptCall:
@@ -334,6 +390,7 @@ def stats_from_metadata(
         evicted_count=int(meta.get("evicted", 0)),
         summarized_count=int(meta.get("summarized", 0)),
         flushed_count=int(meta.get("flushed", 0)),
+        archived_count=int(meta.get("archived", 0)),
         last_flush_at=float(meta["last_flush_at"]) if meta.get("last_flush_at") else None,
         created_at=float(meta["created_at"]) if meta.get("created_at") else None,
         updated_at=float(meta["updated_at"]) if meta.get("updated_at") else None,

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from memory_engine import metrics
+from memory_engine.core.append import archive_argument
 from memory_engine.core.columns import messages_with_seqs
 from memory_engine.core.plans import FlushPlan, FlushResult, FlushStatus, Snapshot, Summary
 from memory_engine.engine.eviction import select_evictions
@@ -28,7 +29,14 @@ if TYPE_CHECKING:
     from memory_engine.engine.handle import MemoryHandle
     from memory_engine.summarizers import Summarizer
 
-__all__ = ["FlushResult", "FlushStatus", "evict_memory", "flush_memory", "over_hard_limit"]
+__all__ = [
+    "FlushResult",
+    "FlushStatus",
+    "evict_memory",
+    "flush_memory",
+    "over_hard_limit",
+    "send_removal_hook",
+]
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +146,7 @@ def flush_memory(
                     counter_field="flushed",
                     clear_marker=False,  # cleared with the lock, once hard limits are enforced
                     created_at=meta["created_at"],
+                    archive=archive_argument(memory.resource),
                 )
             except FlushConflict:
                 log.info("flush of %s conflicted (attempt %d); replanning", memory.key, attempt)
@@ -145,6 +154,8 @@ def flush_memory(
                     raise
                 continue
             metrics.record_flush_commit(memory.resource.id, committed, snap, summary)
+            if committed.dropped + committed.summarized:
+                send_removal_hook(memory, plan.removed, "flushed")
             summary_tokens = summary.token_count if summary else _summary_tokens(snap)
             # The counts right after the commit (what Memory.stats() would read): the hard-limit
             # check below needs no round trip of its own.
@@ -276,12 +287,15 @@ def _evict_locked(
                 counter_field="evicted",
                 clear_marker=False,
                 created_at=meta["created_at"],
+                archive=archive_argument(resource),
             )
         except FlushConflict:
             if attempt == COMMIT_ATTEMPTS:
                 raise
             continue
         metrics.record_evict_commit(resource.id, committed)
+        if committed.dropped:
+            send_removal_hook(memory, seqs, "evicted")
         log.warning(
             "evicted %d messages from %s by policy %s (hard limit)",
             committed.dropped,
@@ -300,6 +314,38 @@ def _evict_locked(
             tokens_removed=committed.tokens_removed,
         )
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def send_removal_hook(memory: MemoryHandle, seqs: Iterable[int], reason: str) -> bool:
+    """Send the resource's ``archive.on_remove_task`` (by name, through the client's producer)
+    once for a committed flush or eviction: ``{"memory_id", "first_seq", "last_seq",
+    "reason"}``, the range of seqs the commit named (ids, never content; the messages are in
+    the archive when it is enabled). A failed send is logged, never raised: the commit stands.
+    True when a task was sent."""
+    archive = memory.resource.archive
+    task = archive.on_remove_task
+    named = list(seqs)
+    if task is None or not named:
+        return False
+    payload = {
+        "memory_id": memory.key,
+        "first_seq": min(named),
+        "last_seq": max(named),
+        "reason": reason,
+    }
+    try:
+        memory.client.producer.send(task, payload, queue=archive.on_remove_queue or "celery")
+    except Exception as exc:  # BrokerUnavailable and friends: the removal is committed
+        log.warning(
+            "pre-removal hook %s for memory %s (seqs %d..%d) not sent: %s",
+            task,
+            memory.key,
+            payload["first_seq"],
+            payload["last_seq"],
+            exc,
+        )
+        return False
+    return True
 
 
 def _point(snap: Snapshot) -> int:

@@ -37,6 +37,7 @@ from memory_engine.core.commands import (
     IndexMemo,
     clear_call,
     context_call,
+    decode_archive,
     decode_context_reply,
     decode_flush_marker,
     decode_hash,
@@ -52,8 +53,10 @@ from memory_engine.core.commands import (
 )
 from memory_engine.core.context import ContextWindow
 from memory_engine.crypto import KeyRing
+from memory_engine.errors import MemoryErased
 from memory_engine.keys import KeySpace, MemoryKeys
 from memory_engine.messages import Message
+from memory_engine.store.indexes import add_subject_commands, unindex_commands
 from memory_engine.store.plumbing import log_hint_errors, translate_errors
 from memory_engine.store.scripts import script_sha, script_source
 
@@ -100,21 +103,24 @@ class AsyncMemoryStore:
             build(pipe)
             return list(await pipe.execute())
 
-    async def _run_with_hints(self, what: str, memory_id: str, build: Callable[[Any], None]) -> Any:
-        """One pipeline: a per-memory write first, then index commands (hints). Returns the
-        write's reply and raises its error; errors of the index commands are logged."""
+    async def _run_with_hints(
+        self, what: str, memory_id: str, build: Callable[[Any], None], write_at: int = 0
+    ) -> Any:
+        """One pipeline: a per-memory write (at ``write_at``), and index commands (hints).
+        Returns the write's reply and raises its error; errors of the index commands are
+        logged."""
         with translate_errors(what):
             for attempt in (0, 1):
                 pipe = self.redis.pipeline(transaction=False)
                 build(pipe)
                 replies = list(await pipe.execute(raise_on_error=False))
-                first = replies[0]
+                first = replies.pop(write_at)
                 if isinstance(first, redis_errors.NoScriptError) and not attempt:
                     await self._load_scripts()
                     continue
                 if isinstance(first, Exception):
                     raise first
-                log_hint_errors(what, memory_id, replies[1:])
+                log_hint_errors(what, memory_id, replies)
                 return first
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -150,6 +156,8 @@ class AsyncMemoryStore:
         message_ceiling: int = 0,
         refuse_over_ceiling: bool = False,
         now: float | None = None,
+        archive: str = "",
+        subject_index: str | None = None,
     ) -> AppendOutcome:
         """Append atomically in one round trip (``MemoryStore.append`` documents the rest)."""
         now = time.time() if now is None else now
@@ -166,27 +174,46 @@ class AsyncMemoryStore:
             message_ceiling=message_ceiling,
             refuse_over_ceiling=refuse_over_ceiling,
             now=now,
+            archive=archive,
         )
         script_keys, static, dynamic = arguments.keys, arguments.static, arguments.dynamic
         memory_id = keys.memory_id
         index_due = self._index_memo.due(memory_id, now, ttl_s)
+
+        def add_subject(pipe: Any) -> None:
+            if subject_index is not None:
+                add_subject_commands(pipe, subject_index, memory_id, ttl_s)
+
         if index_due:
             sha = self._shas["append"]
 
             def build(pipe: Any) -> None:
+                add_subject(pipe)  # before the script: MemoryStore.append says why
                 pipe.evalsha(sha, len(script_keys), *script_keys, *static, *dynamic)
                 self._add_index_commands(pipe, memory_id, now, ttl_s)
 
-            reply = await self._run_with_hints("append", memory_id, build)
+            write_at = 0 if subject_index is None else 3
+            reply = await self._run_with_hints("append", memory_id, build, write_at)
         else:
             reply = await self._call_script("append", "append", script_keys, (*static, *dynamic))
-        outcome, created = decode_reply(reply, memory_id, arguments)
+        try:
+            outcome, created = decode_reply(reply, memory_id, arguments)
+        except MemoryErased:
+            self._index_memo.forget(memory_id)
+            if index_due:
+                await self._write_hints(
+                    "unindex erased memory",
+                    memory_id,
+                    lambda pipe: unindex_commands(self.keyspace, pipe, memory_id, subject_index),
+                )
+            raise
         if created and not index_due:
-            await self._write_hints(
-                "index memory",
-                memory_id,
-                lambda pipe: self._add_index_commands(pipe, memory_id, now, ttl_s),
-            )
+
+            def build_index(pipe: Any) -> None:
+                add_subject(pipe)
+                self._add_index_commands(pipe, memory_id, now, ttl_s)
+
+            await self._write_hints("index memory", memory_id, build_index)
         if index_due or created:
             self._index_memo.remember(memory_id, now)
         return outcome
@@ -199,11 +226,12 @@ class AsyncMemoryStore:
         resource_id: str,
         ttl_s: int,
         now: float | None = None,
+        archive: str = "",
     ) -> tuple[int, int, int]:
         """Replace all messages; keep the TTL, bump the epoch. -> (count, tokens, epoch)."""
         now = time.time() if now is None else now
         script_keys, args = replace_call(
-            keys, messages, resource_id=resource_id, ttl_s=ttl_s, now=now
+            keys, messages, resource_id=resource_id, ttl_s=ttl_s, now=now, archive=archive
         )
         sha = self._shas["replace"]
 
@@ -211,11 +239,20 @@ class AsyncMemoryStore:
             pipe.evalsha(sha, len(script_keys), *script_keys, *args)
             pipe.zadd(self.keyspace.access_index, {keys.memory_id: now})
 
-        return decode_replace_reply(await self._run_with_hints("replace", keys.memory_id, build))
+        reply = await self._run_with_hints("replace", keys.memory_id, build)
+        try:
+            return decode_replace_reply(reply, keys.memory_id)
+        except MemoryErased:  # take back the access-index entry that rode with the script
+            await self._write_hints(
+                "unindex erased memory",
+                keys.memory_id,
+                lambda pipe: unindex_commands(self.keyspace, pipe, keys.memory_id, None),
+            )
+            raise
 
-    async def clear(self, keys: MemoryKeys, now: float | None = None) -> int:
+    async def clear(self, keys: MemoryKeys, now: float | None = None, archive: str = "") -> int:
         """Remove all messages and the summary; keep metadata. Returns how many were cleared."""
-        call = clear_call(keys, time.time() if now is None else now)
+        call = clear_call(keys, time.time() if now is None else now, archive)
         cleared, _epoch = await self._call_script("clear", "clear", *call)
         return int(cleared)
 
@@ -286,6 +323,18 @@ class AsyncMemoryStore:
 
         total, raw = await self._run_pipeline("read page", build, transaction=True)
         return decode_messages(raw, keys.memory_id, self.keyring), int(total)
+
+    async def read_archive(
+        self, keys: MemoryKeys, offset: int, limit: int
+    ) -> tuple[list[Message], int]:
+        """A page of the memory's archive (oldest first) and its length, in one MULTI."""
+
+        def build(pipe: Any) -> None:
+            pipe.llen(keys.archive)
+            pipe.lrange(keys.archive, offset, offset + limit - 1)
+
+        total, raw = await self._run_pipeline("read archive", build, transaction=True)
+        return decode_archive(raw, keys.memory_id), int(total)
 
     async def context_window(self, keys: MemoryKeys, budget: int | None) -> ContextWindow:
         """What ``context()`` reads, in one round trip (``lua/context.lua``)."""

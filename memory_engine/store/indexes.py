@@ -8,14 +8,38 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from memory_engine.core.commands import subject_index_ttl_s
 from memory_engine.keys import KeySpace
 from memory_engine.store.plumbing import translate_errors
 
-__all__ = ["IndexStore", "PendingEntry"]
+__all__ = ["IndexStore", "PendingEntry", "add_subject_commands", "unindex_commands"]
 
 
 def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def add_subject_commands(pipe: Any, subject_index: str, memory_id: str, ttl_s: int) -> None:
+    """Three commands that list the memory under its data subject: ``SADD``, then the SET's TTL
+    extended (never shortened) to outlive the memory (``core.commands.subject_index_ttl_s``)."""
+    pipe.sadd(subject_index, memory_id)
+    ttl = subject_index_ttl_s(ttl_s)
+    if ttl is None:
+        pipe.persist(subject_index)
+        pipe.persist(subject_index)
+    else:
+        pipe.expire(subject_index, ttl, nx=True)
+        pipe.expire(subject_index, ttl, gt=True)
+
+
+def unindex_commands(
+    keyspace: KeySpace, pipe: Any, memory_id: str, subject_index: str | None
+) -> None:
+    """Take a memory out of the global indexes (and its subject's SET)."""
+    if subject_index is not None:
+        pipe.srem(subject_index, memory_id)
+    for index in (keyspace.expiry_index, keyspace.access_index, keyspace.pending_index):
+        pipe.zrem(index, memory_id)
 
 
 class PendingEntry(NamedTuple):
@@ -67,7 +91,9 @@ class IndexStore:
                 k = ks.memory(mid)
                 # As a raw command: redis-py's cluster pipeline refuses a multi-key unlink()
                 # even when, as here, every key is in one slot.
-                pipe.execute_command("UNLINK", k.msgs, k.meta, k.summary, k.used, k.flush, k.lock)
+                pipe.execute_command(
+                    "UNLINK", k.msgs, k.meta, k.summary, k.used, k.flush, k.lock, k.archive
+                )
             if gone:
                 pipe.zrem(ks.expiry_index, *gone)
                 pipe.zrem(ks.access_index, *gone)

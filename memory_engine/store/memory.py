@@ -54,6 +54,7 @@ from memory_engine.core.commands import (
     IndexMemo,
     clear_call,
     context_call,
+    decode_archive,
     decode_context_reply,
     decode_flush_marker,
     decode_hash,
@@ -73,11 +74,11 @@ from memory_engine.core.commands import (
 from memory_engine.core.context import ContextWindow
 from memory_engine.core.plans import Snapshot, Summary
 from memory_engine.crypto import KeyRing
-from memory_engine.errors import FlushConflict, LockLost
+from memory_engine.errors import FlushConflict, LockLost, MemoryErased
 from memory_engine.keys import KeySpace, MemoryKeys
 from memory_engine.messages import Message
 from memory_engine.store.connections import RedisClient
-from memory_engine.store.indexes import IndexStore
+from memory_engine.store.indexes import IndexStore, add_subject_commands, unindex_commands
 from memory_engine.store.lane import command_head, lane_for
 from memory_engine.store.locks import MemoryLock
 from memory_engine.store.plumbing import ScriptRunner, translate_errors
@@ -183,8 +184,15 @@ class MemoryStore(ScriptRunner):
         message_ceiling: int = 0,
         refuse_over_ceiling: bool = False,
         now: float | None = None,
+        archive: str = "",
+        subject_index: str | None = None,
     ) -> AppendOutcome:
         """Append atomically (all or none) in one round trip; index the memory when due.
+
+        ``archive``: the resource's archive argument (``core.commands.archive_argument``).
+        ``subject_index``: the data subject's SET of memory ids; when the index writes are due,
+        its ``SADD`` goes *before* the script in the same pipeline, so an erasure that could
+        miss the memory also finds its tombstone refusing the script (docs/data-protection.md).
 
         ``tracks_use``: the resource records message uses (LRU strategies), so the script keeps
         the TTL of the memory's use set sliding too.
@@ -212,6 +220,7 @@ class MemoryStore(ScriptRunner):
             message_ceiling=message_ceiling,
             refuse_over_ceiling=refuse_over_ceiling,
             now=now,
+            archive=archive,
         )
         script_keys, static, dynamic = arguments.keys, arguments.static, arguments.dynamic
         memory_id = keys.memory_id
@@ -221,13 +230,28 @@ class MemoryStore(ScriptRunner):
             def hints(pipe: Any) -> None:
                 self._add_index_commands(pipe, memory_id, now, ttl_s)
 
+            def subject_first(pipe: Any) -> None:
+                assert subject_index is not None
+                add_subject_commands(pipe, subject_index, memory_id, ttl_s)
+
             write = self.evalsha_command("append", script_keys, (*static, *dynamic))
-            reply = self._run_with_hints("append", memory_id, write, hints)
+            before = subject_first if subject_index is not None else None
+            reply = self._run_with_hints("append", memory_id, write, hints, before)
         else:
             reply = self._send_append(script_keys, static, dynamic)
-        outcome, created = decode_reply(reply, memory_id, arguments)
+        try:
+            outcome, created = decode_reply(reply, memory_id, arguments)
+        except MemoryErased:
+            self._index_memo.forget(memory_id)
+            if index_due:  # take back the index writes that rode with the refused script
+                self._write_hints(
+                    "unindex erased memory",
+                    memory_id,
+                    lambda pipe: unindex_commands(self.keyspace, pipe, memory_id, subject_index),
+                )
+            raise
         if created and not index_due:
-            self._write_index(memory_id, now, ttl_s)
+            self._write_index(memory_id, now, ttl_s, subject_index)
         if index_due or created:
             self._index_memo.remember(memory_id, now)
         return outcome
@@ -270,8 +294,12 @@ class MemoryStore(ScriptRunner):
         for index, mapping in index_writes(self.keyspace, memory_id, now, ttl_s):
             pipe.zadd(index, mapping)
 
-    def _write_index(self, memory_id: str, now: float, ttl_s: int) -> None:
+    def _write_index(
+        self, memory_id: str, now: float, ttl_s: int, subject_index: str | None = None
+    ) -> None:
         def build(pipe: Any) -> None:
+            if subject_index is not None:
+                add_subject_commands(pipe, subject_index, memory_id, ttl_s)
             self._add_index_commands(pipe, memory_id, now, ttl_s)
 
         self._write_hints("index memory", memory_id, build)
@@ -284,23 +312,33 @@ class MemoryStore(ScriptRunner):
         resource_id: str,
         ttl_s: int,
         now: float | None = None,
+        archive: str = "",
     ) -> tuple[int, int, int]:
         """Replace all messages; keep the TTL, bump the epoch. -> (count, tokens, epoch)."""
         now = time.time() if now is None else now
         script_keys, args = replace_call(
-            keys, messages, resource_id=resource_id, ttl_s=ttl_s, now=now
+            keys, messages, resource_id=resource_id, ttl_s=ttl_s, now=now, archive=archive
         )
 
         def hints(pipe: Any) -> None:
             pipe.zadd(self.keyspace.access_index, {keys.memory_id: now})
 
         write = self.evalsha_command("replace", script_keys, args)
-        return decode_replace_reply(self._run_with_hints("replace", keys.memory_id, write, hints))
+        reply = self._run_with_hints("replace", keys.memory_id, write, hints)
+        try:
+            return decode_replace_reply(reply, keys.memory_id)
+        except MemoryErased:  # take back the access-index entry that rode with the script
+            self._write_hints(
+                "unindex erased memory",
+                keys.memory_id,
+                lambda pipe: unindex_commands(self.keyspace, pipe, keys.memory_id, None),
+            )
+            raise
 
-    def clear(self, keys: MemoryKeys, now: float | None = None) -> int:
+    def clear(self, keys: MemoryKeys, now: float | None = None, archive: str = "") -> int:
         """Remove all messages and the summary; keep metadata. Returns how many were cleared."""
         now = time.time() if now is None else now
-        cleared, _epoch = self._call_script("clear", "clear", *clear_call(keys, now))
+        cleared, _epoch = self._call_script("clear", "clear", *clear_call(keys, now, archive))
         return int(cleared)
 
     def pop(self, keys: MemoryKeys, now: float | None = None) -> Message | None:
@@ -342,6 +380,7 @@ class MemoryStore(ScriptRunner):
         clear_marker: bool,
         created_at: str,
         now: float | None = None,
+        archive: str = "",
     ) -> CommitResult:
         """Apply a plan atomically; raise :class:`FlushConflict` or :class:`LockLost` if fenced.
 
@@ -379,8 +418,17 @@ class MemoryStore(ScriptRunner):
             0 if position is None else position + 1,
             run_at,
             run_tokens,
+            archive,
         ]
-        script_keys = (keys.msgs, keys.meta, keys.summary, keys.used, keys.lock, keys.flush)
+        script_keys = (
+            keys.msgs,
+            keys.meta,
+            keys.summary,
+            keys.used,
+            keys.lock,
+            keys.flush,
+            keys.archive,
+        )
         status, dropped, summarized, tokens, count, total, epoch = self._call_script(
             "commit", "commit", script_keys, args
         )
@@ -489,6 +537,16 @@ class MemoryStore(ScriptRunner):
 
         total, raw = self._run_pipeline("read page", build, transaction=True)
         return decode_messages(raw, keys.memory_id, self.keyring), int(total)
+
+    def read_archive(self, keys: MemoryKeys, offset: int, limit: int) -> tuple[list[Message], int]:
+        """A page of the memory's archive (oldest first) and its length, in one MULTI."""
+
+        def build(pipe: Any) -> None:
+            pipe.llen(keys.archive)
+            pipe.lrange(keys.archive, offset, offset + limit - 1)
+
+        total, raw = self._run_pipeline("read archive", build, transaction=True)
+        return decode_archive(raw, keys.memory_id), int(total)
 
     def read_tail(self, keys: MemoryKeys, count: int) -> list[Message]:
         with translate_errors("read tail"):

@@ -109,6 +109,7 @@ class ScriptRunner:
         memory_id: str,
         write: Callable[[Any], Any],
         hints: Callable[[Any], None],
+        before: Callable[[Any], None] | None = None,
     ) -> Any:
         """A per-memory write (one command, ``write(target)``), then index commands (hints,
         ``hints(pipe)``). Returns the write's reply and raises its error (then nothing changed);
@@ -119,8 +120,14 @@ class ScriptRunner:
         alone and the hints follow as their own pipeline (two round trips; the indexes may lag
         the write, which they are allowed to). NOSCRIPT: load the scripts and send again (the
         script did not run, and the index commands are idempotent).
+
+        ``before(pipe)``: index commands that must reach Redis before the write (a data
+        subject's index entry, so that an erasure reading the index finds every memory whose
+        write could have happened); in a cluster they are sent first, as their own pipeline.
         """
         if self.cluster:
+            if before is not None:
+                self._write_hints(what, memory_id, before)
             with translate_errors(what):
                 try:
                     reply = write(self.redis)
@@ -132,16 +139,20 @@ class ScriptRunner:
         with translate_errors(what):
             for attempt in (0, 1):
                 pipe = self.redis.pipeline(transaction=False)
+                write_at = 0
+                if before is not None:
+                    before(pipe)
+                    write_at = len(pipe.command_stack)
                 write(pipe)
                 hints(pipe)
                 replies = list(pipe.execute(raise_on_error=False))
-                first = replies[0]
+                first = replies.pop(write_at)
                 if isinstance(first, redis_errors.NoScriptError) and not attempt:
                     self._load_scripts()
                     continue
                 if isinstance(first, Exception):
                     raise first
-                self._log_hint_errors(what, memory_id, replies[1:])
+                self._log_hint_errors(what, memory_id, replies)
                 return first
         raise AssertionError("unreachable")  # pragma: no cover
 

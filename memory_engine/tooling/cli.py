@@ -21,6 +21,7 @@ from memory_engine.errors import ConfigError
 from memory_engine.tooling.cli_keys import keys_app
 from memory_engine.tooling.cli_server import server_app
 from memory_engine.tooling.cli_services import services_app
+from memory_engine.tooling.cli_subject import subject_app
 from memory_engine.tooling.cli_support import (
     EXIT_FAILURE,
     EXIT_USAGE,
@@ -68,6 +69,7 @@ app.add_typer(resources_app, name="resources")
 app.add_typer(services_app)
 app.add_typer(server_app)
 app.add_typer(keys_app, name="keys")
+app.add_typer(subject_app, name="subject")
 
 
 # ---- resources -------------------------------------------------------------------------------

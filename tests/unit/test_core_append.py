@@ -16,7 +16,7 @@ from memory_engine.core.append import (
     prepare_batch,
     script_arguments,
 )
-from memory_engine.errors import MemoryFull, MessageValidationError
+from memory_engine.errors import MemoryErased, MemoryFull, MessageValidationError
 from memory_engine.keys import KeySpace
 from memory_engine.messages import Message
 from memory_engine.privacy import Redactor
@@ -91,8 +91,9 @@ def test_script_arguments_follow_the_scripts_header_and_replies_decode() -> None
         refuse_over_ceiling=False,
         now=5.0,
     )
-    assert args.keys == (keys.msgs, keys.meta, keys.summary, keys.used, keys.flush)
+    assert args.keys == (keys.msgs, keys.meta, keys.summary, keys.used, keys.flush, keys.archive)
     assert args.static[1] == "conv" and args.static[4] == 60_000
+    assert args.static[9] == ""  # archive off: the script does nothing more
     assert args.dynamic[:4] == [b"5.0", b"1", b"0", b"%d" % batch.pending[0].token_count]
     # A canned reply of append.lua: first,last,count,total,flush,epoch,created,evicted
     outcome, created = decode_reply(b"7,7,3,42,1,2,0,1", "acme:c1", args)
@@ -105,3 +106,5 @@ def test_script_arguments_follow_the_scripts_header_and_replies_decode() -> None
     assert decode_reply("8,8,4,50,2,2,1,0", "acme:c1", args)[0].flush_deduplicated
     with pytest.raises(MemoryFull, match="nothing was written"):
         decode_reply(b"R,40,900", "acme:c1", args)
+    with pytest.raises(MemoryErased, match="nothing was written"):
+        decode_reply(b"E", "acme:c1", args)

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from memory_engine.core.append import PendingMessage
 from memory_engine.core.commands import (
     INDEX_REFRESH_MAX_S,
     IndexMemo,
+    decode_archive,
     decode_context_reply,
     decode_flush_marker,
     decode_replace_reply,
@@ -18,6 +21,7 @@ from memory_engine.core.commands import (
     replace_call,
     stats_from_metadata,
 )
+from memory_engine.errors import MemoryErased
 from memory_engine.keys import KeySpace
 from memory_engine.resources import parse_resource
 
@@ -62,9 +66,19 @@ def test_replace_arguments_and_reply() -> None:
         ttl_s=60,
         now=1.5,
     )
-    assert keys == (KEYS.msgs, KEYS.meta, KEYS.summary, KEYS.used)
-    assert args == ("1.5", "conv", 60_000, 2, 1, "a", 2, "b", 3)
+    assert keys == (KEYS.msgs, KEYS.meta, KEYS.summary, KEYS.used, KEYS.archive)
+    assert args == ("1.5", "conv", 60_000, 2, 1, "", "a", 2, "b", 3)
     assert decode_replace_reply([2, 5, 7, 1, 2]) == (2, 5, 7)
+    with pytest.raises(MemoryErased):
+        decode_replace_reply([-1], "acme:c1")
+
+
+def test_archive_entries_decode_with_their_reason_and_time() -> None:
+    raw = _wire(4, "user", "hi")
+    entry = raw[:-1] + b',"why":"flushed","at":1700000000.5}'
+    (message,) = decode_archive([entry], "acme:c1")
+    assert message.seq == 4 and message.content == "hi"
+    assert message.metadata["archive"] == {"reason": "flushed", "archived_at": 1700000000.5}
 
 
 def test_flush_marker_status_and_record_use() -> None:

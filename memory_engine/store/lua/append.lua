@@ -5,6 +5,7 @@
 -- KEYS[3] summary  HASH   running summary (only its TTL is touched here)
 -- KEYS[4] used     ZSET   LRU use times (only its TTL is touched here)
 -- KEYS[5] flush    STRING flush marker
+-- KEYS[6] archive  LIST   removed messages (written only by the ceiling, only when enabled)
 --
 -- ARGV[1] ttl_ms          sliding TTL for every key of the memory; 0 = no expiry
 -- ARGV[2] resource_id
@@ -16,13 +17,15 @@
 -- ARGV[7] token_ceiling   hard ceiling on token_count; 0 = none
 -- ARGV[8] msg_ceiling     hard ceiling on message_count; 0 = none
 -- ARGV[9] over_ceiling    'e': evict the oldest messages beyond a ceiling; 'r': refuse the append
--- ARGV[10] now            unix time, seconds (float string)
--- ARGV[11] n              number of messages
--- ARGV[12] n_system       how many of them are system messages (context() finds them by count)
--- ARGV[13] tokens         token count of the n messages together (each body carries its own "t")
--- ARGV[14 .. 13+n]        bodies: JSON objects without "s" (seq), each starting with '{'
+-- ARGV[10] archive        '' = archive off (nothing more is done); 'ttl_ms:max' = the ceiling
+--                         moves what it evicts to KEYS[6] (max 0 = uncapped, ttl_ms 0 = none)
+-- ARGV[11] now            unix time, seconds (float string)
+-- ARGV[12] n              number of messages
+-- ARGV[13] n_system       how many of them are system messages (context() finds them by count)
+-- ARGV[14] tokens         token count of the n messages together (each body carries its own "t")
+-- ARGV[15 .. 14+n]        bodies: JSON objects without "s" (seq), each starting with '{'
 --
--- ARGV[1..9] depend only on the resource, so the client packs them once with the keys.
+-- ARGV[1..10] depend only on the resource, so the client packs them once with the keys.
 --
 -- Returns one string "first_seq,last_seq,message_count,token_count,flush,epoch,created,evicted"
 -- (a flat string: redis-py decodes it several microseconds faster than an array of integers),
@@ -31,7 +34,8 @@
 -- trigger), created is 1 when this append created the memory's metadata (a new memory: the
 -- caller makes sure it is in the global indexes), and evicted counts the messages removed to
 -- stay under the ceiling. Refused (over the ceiling with 'r'): "R,message_count,token_count",
--- and nothing was written.
+-- and nothing was written. Erased ("E": meta holds an erasure tombstone, erase.lua): nothing
+-- was written.
 --
 -- The ceiling (a bound for when no flush runs, e.g. no worker) is enforced after the push: the
 -- oldest messages go, as units (an assistant message with tool_calls together with the tool
@@ -53,18 +57,21 @@
 local ttl_ms = tonumber(ARGV[1])
 local tok_ceiling = tonumber(ARGV[7])
 local msg_ceiling = tonumber(ARGV[8])
-local n = tonumber(ARGV[11])
+local n = tonumber(ARGV[12])
 local m = redis.call('HMGET', KEYS[2], 'seq', 'message_count', 'token_count', 'summary_tokens',
-  'epoch', 'created_at')
+  'epoch', 'created_at', 'erased')
+if m[7] then
+  return 'E'
+end
 
 -- Counters as integers (string.format): a Lua number would reach Redis as "%.17g".
 local count = (tonumber(m[2]) or 0) + n
-local total = (tonumber(m[3]) or 0) + tonumber(ARGV[13])
+local total = (tonumber(m[3]) or 0) + tonumber(ARGV[14])
 local function over(c, t)
   return (msg_ceiling > 0 and c > msg_ceiling) or (tok_ceiling > 0 and t > tok_ceiling)
 end
 if ARGV[9] == 'r' and over(count, total) then
-  return string.format('R,%d,%d', count - n, total - tonumber(ARGV[13]))
+  return string.format('R,%d,%d', count - n, total - tonumber(ARGV[14]))
 end
 
 local first = (tonumber(m[1]) or 0) + 1
@@ -72,7 +79,7 @@ local seq = first + n - 1
 local batch = {}
 for i = 1, n do
   -- splice seq in as the first field: '{"s":N,' .. rest of the body after '{'
-  batch[#batch + 1] = '{"s":' .. (first + i - 1) .. ',' .. string.sub(ARGV[13 + i], 2)
+  batch[#batch + 1] = '{"s":' .. (first + i - 1) .. ',' .. string.sub(ARGV[14 + i], 2)
   if #batch == 512 then
     redis.call('RPUSH', KEYS[1], unpack(batch))
     batch = {}
@@ -115,6 +122,8 @@ if over(count, total) then
     return k ~= nil and (md == nil or k < md)
   end
   local kept, removed_seqs, removed_tokens = {}, {}, 0
+  local archiving = ARGV[10] ~= ''
+  local removed_raws = {}
   local pos = 0
   while over(count - evicted, total - removed_tokens) and pos < old and budget > 0 do
     local raw = at(pos)
@@ -127,6 +136,7 @@ if over(count, total) then
       local stop = pos + 1
       local unit_tokens = t
       local unit_seqs = {s}
+      local unit_raws = {raw}
       if role == 'assistant' and has_calls(raw) then
         while true do
           local nxt = stop < old and at(stop) or redis.call('LINDEX', KEYS[1], stop)
@@ -135,6 +145,7 @@ if over(count, total) then
           if stop >= old then stop = -1; break end  -- its results are in this append: keep it
           unit_tokens = unit_tokens + nt
           unit_seqs[#unit_seqs + 1] = ns
+          if archiving then unit_raws[#unit_raws + 1] = nxt end
           stop = stop + 1
           budget = budget - 1
         end
@@ -143,6 +154,9 @@ if over(count, total) then
       evicted = evicted + (stop - pos)
       removed_tokens = removed_tokens + unit_tokens
       for _, x in ipairs(unit_seqs) do removed_seqs[#removed_seqs + 1] = x end
+      if archiving then
+        for _, x in ipairs(unit_raws) do removed_raws[#removed_raws + 1] = x end
+      end
       pos = stop
     end
   end
@@ -163,14 +177,29 @@ if over(count, total) then
     count = count - evicted
     total = total - removed_tokens
     redis.call('HINCRBY', KEYS[2], 'evicted', evicted)
+    if archiving then
+      -- The evicted elements, in list order, with the reason and time (see commit.lua).
+      local ttl, cap = string.match(ARGV[10], '^(%d+):(%d+)$')
+      local tail = ',"why":"evicted","at":' .. ARGV[11] .. '}'
+      for i = 1, #removed_raws, 512 do
+        local part = {}
+        for j = i, math.min(i + 511, #removed_raws) do
+          part[#part + 1] = string.sub(removed_raws[j], 1, -2) .. tail
+        end
+        redis.call('RPUSH', KEYS[6], unpack(part))
+      end
+      redis.call('HINCRBY', KEYS[2], 'archived', #removed_raws)
+      if tonumber(cap) > 0 then redis.call('LTRIM', KEYS[6], -tonumber(cap), -1) end
+      if tonumber(ttl) > 0 then redis.call('PEXPIRE', KEYS[6], ttl) end
+    end
   end
 end
 
 local fields = {'seq', string.format('%d', seq), 'message_count', string.format('%d', count),
-  'token_count', string.format('%d', total), 'updated_at', ARGV[10], 'ttl_ms', ARGV[1]}
+  'token_count', string.format('%d', total), 'updated_at', ARGV[11], 'ttl_ms', ARGV[1]}
 if created == 1 then
   fields[#fields + 1] = 'created_at'
-  fields[#fields + 1] = ARGV[10]
+  fields[#fields + 1] = ARGV[11]
   fields[#fields + 1] = 'resource_id'
   fields[#fields + 1] = ARGV[2]
 end
@@ -179,7 +208,7 @@ if created == 1 then
   fields[#fields + 1] = string.format('%d', epoch)
 end
 redis.call('HSET', KEYS[2], unpack(fields))
-if ARGV[12] ~= '0' then redis.call('HINCRBY', KEYS[2], 'system_count', ARGV[12]) end
+if ARGV[13] ~= '0' then redis.call('HINCRBY', KEYS[2], 'system_count', ARGV[13]) end
 
 local summary_tokens = tonumber(m[4]) or 0
 if ttl_ms > 0 then
@@ -194,7 +223,7 @@ local requested = 0
 local tok_thr = tonumber(ARGV[3])
 local msg_thr = tonumber(ARGV[4])
 if (tok_thr > 0 and total + summary_tokens >= tok_thr) or (msg_thr > 0 and count >= msg_thr) then
-  if redis.call('SET', KEYS[5], ARGV[10], 'NX', 'PX', ARGV[5]) then
+  if redis.call('SET', KEYS[5], ARGV[11], 'NX', 'PX', ARGV[5]) then
     requested = 1
   else
     requested = 2

@@ -9,6 +9,7 @@
 -- KEYS[4] used     ZSET
 -- KEYS[5] lock     STRING owner token
 -- KEYS[6] flush    STRING flush marker
+-- KEYS[7] archive  LIST   removed messages (only when ARGV[17] is not '')
 --
 -- ARGV[1]  expected epoch
 -- ARGV[2]  expected created_at (incarnation: a deleted and recreated memory differs)
@@ -27,6 +28,11 @@
 -- ARGV[15] run position: when all named seqs form one run, the snapshot position of its first
 --          seq; -1 otherwise
 -- ARGV[16] run tokens: the token counts of that run's messages, summed from the snapshot
+-- ARGV[17] archive: '' = off; 'ttl_ms:max' = every removed element is also pushed to KEYS[7]
+--          (in list order) with '"why":<reason>,"at":<now>' spliced before its closing brace:
+--          reason ARGV[5] for dropped seqs, 'summarized' for folded ones; the archive is then
+--          LTRIMmed to its last `max` (0 = uncapped) and given ttl_ms (0 = none). The one-run
+--          path then reads the run it cuts (LRANGE): archiving costs that read, nothing else.
 --
 -- Positions are the snapshot's. Appends add at the tail, and replace, clear and commits bump the
 -- epoch, which is checked first; only the append's ceiling (append.lua) removes head elements
@@ -83,6 +89,9 @@ end
 
 local removed, dropped, summarized, tokens = 0, 0, 0, 0
 local removed_seqs = {}
+local archiving = ARGV[17] ~= ''
+local archived_raws, archived_why = {}, {}
+local why_of = {ARGV[5], 'summarized'}
 local cut = false
 local position = tonumber(ARGV[15])
 
@@ -91,6 +100,8 @@ if #runs == 1 and position >= 0 then
   local count = last - first + 1
   local stop = position + count  -- index just past the run
   if seq_at(position) == first and seq_at(stop - 1) == last then
+    local run_raws = nil
+    if archiving then run_raws = redis.call('LRANGE', KEYS[1], position, stop - 1) end
     if position == 0 then
       redis.call('LTRIM', KEYS[1], count, -1)
       cut = true
@@ -104,6 +115,12 @@ if #runs == 1 and position >= 0 then
     if cut then
       removed, tokens = count, tonumber(ARGV[16])
       if k == 1 then dropped = count else summarized = count end
+      if run_raws then
+        for i, raw in ipairs(run_raws) do
+          archived_raws[i] = raw
+          archived_why[i] = why_of[k]
+        end
+      end
       if redis.call('EXISTS', KEYS[4]) == 1 then
         for s = first, last do removed_seqs[#removed_seqs + 1] = string.format('%d', s) end
       end
@@ -125,6 +142,7 @@ if not cut then
     local items = redis.call('LRANGE', KEYS[1], 0, last)
     removed_idx, kept, removed_seqs = {}, {}, {}
     dropped, summarized, tokens = 0, 0, 0
+    archived_raws, archived_why = {}, {}
     for i, raw in ipairs(items) do
       local s, t = string.match(raw, '^{"s":(%d+),"t":(%d+)')
       local k = kind[tonumber(s)]
@@ -133,6 +151,10 @@ if not cut then
         removed_seqs[#removed_seqs + 1] = s
         tokens = tokens + tonumber(t)
         if k == 1 then dropped = dropped + 1 else summarized = summarized + 1 end
+        if archiving then
+          archived_raws[#archived_raws + 1] = raw
+          archived_why[#archived_why + 1] = why_of[k]
+        end
       else
         kept[#kept + 1] = raw
       end
@@ -170,8 +192,25 @@ for i = 1, #removed_seqs, 512 do
   redis.call('ZREM', KEYS[4], unpack(removed_seqs, i, math.min(i + 511, #removed_seqs)))
 end
 
-local count = redis.call('HINCRBY', KEYS[2], 'message_count', -removed)
-local total = redis.call('HINCRBY', KEYS[2], 'token_count', -tokens)
+if archiving and #archived_raws > 0 then
+  local ttl, cap = string.match(ARGV[17], '^(%d+):(%d+)$')
+  for i = 1, #archived_raws, 512 do
+    local part = {}
+    for j = i, math.min(i + 511, #archived_raws) do
+      part[#part + 1] = string.sub(archived_raws[j], 1, -2) .. ',"why":"' .. archived_why[j] ..
+        '","at":' .. ARGV[4] .. '}'
+    end
+    redis.call('RPUSH', KEYS[7], unpack(part))
+  end
+  redis.call('HINCRBY', KEYS[2], 'archived', #archived_raws)
+  if tonumber(cap) > 0 then redis.call('LTRIM', KEYS[7], -tonumber(cap), -1) end
+  if tonumber(ttl) > 0 then redis.call('PEXPIRE', KEYS[7], ttl) end
+end
+
+-- 0 - n, not -n: Lua's -0 is sent as "-0", which Redis refuses as an integer. Nothing is removed
+-- when the append's ceiling took every planned message first (it does not bump the epoch).
+local count = redis.call('HINCRBY', KEYS[2], 'message_count', 0 - removed)
+local total = redis.call('HINCRBY', KEYS[2], 'token_count', 0 - tokens)
 if dropped > 0 then redis.call('HINCRBY', KEYS[2], ARGV[5], dropped) end
 if summarized > 0 then redis.call('HINCRBY', KEYS[2], 'summarized', summarized) end
 local epoch = redis.call('HINCRBY', KEYS[2], 'epoch', 1)

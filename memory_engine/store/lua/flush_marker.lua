@@ -9,7 +9,7 @@
 -- Returns 1 when this call set the marker, 0 when a flush was already pending, -1 when the
 -- memory does not exist (nothing written: a deleted memory must leave no marker behind).
 
-if redis.call('EXISTS', KEYS[1]) == 0 then
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', KEYS[1], 'erased') == 1 then
   return -1
 end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then

@@ -10,7 +10,7 @@
 -- A read that returns after a delete() must not leave a use set that a memory created later
 -- under the same key would inherit. Returns how many seqs were recorded (0: memory missing).
 
-if redis.call('EXISTS', KEYS[1]) == 0 then
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', KEYS[1], 'erased') == 1 then
   return 0
 end
 local n = #ARGV - 2
