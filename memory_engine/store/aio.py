@@ -6,11 +6,15 @@ The same Lua scripts (``store/scripts.py``), the same keys, arguments and reply 
 one is read identically through the other, and both may write it at once (every write is one
 script or one MULTI in Redis).
 
-Like the sync store: index commands are hints sent in the same pipeline as the per-memory write
-(their errors are logged, never raised), ``EVALSHA`` reloads the scripts on NOSCRIPT (the script
-did not run), redis-py errors become :class:`StoreUnavailable` / :class:`StoreError`, and nothing
-is retried (a write whose reply was lost may have run). Unlike it, there is no lean path: calls go
-through ``redis.asyncio``'s own connection pool (``store/connections.py``
+Like the sync store, and through the same helpers (``store/plumbing.py``): a per-memory write
+and its index commands (hints: their errors are logged, never raised) share one pipeline on a
+standalone Redis; on a Redis Cluster (:func:`~memory_engine.store.plumbing.is_cluster`, with
+:class:`~memory_engine.store.connections.AsyncEngineCluster`) the write is sent alone and the
+hints follow as their own pipeline, since the index keys live in other slots and the cluster
+pipeline refuses ``EVALSHA``. ``EVALSHA`` reloads the scripts on NOSCRIPT (the script did not
+run), redis-py errors become :class:`StoreUnavailable` / :class:`StoreError`, and nothing that may
+have run is retried (a write whose reply was lost may have run). Unlike it, there is no lean
+path: calls go through ``redis.asyncio``'s own connection pool (``store/connections.py``
 :func:`~memory_engine.store.connections.async_redis_from_settings`).
 
 Cancellation: a task cancelled while its command is in flight leaves the command applied once or
@@ -25,7 +29,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis as AsyncRedis
 
 from memory_engine.core.append import (
     AppendOutcome,
@@ -43,7 +46,6 @@ from memory_engine.core.commands import (
     decode_messages,
     decode_replace_reply,
     flush_marker_call,
-    index_writes,
     memory_key_names,
     record_use_call,
     replace_call,
@@ -51,7 +53,16 @@ from memory_engine.core.commands import (
 from memory_engine.core.context import ContextWindow
 from memory_engine.keys import KeySpace, MemoryKeys
 from memory_engine.messages import Message
-from memory_engine.store.plumbing import log_hint_errors, translate_errors
+from memory_engine.store.connections import AsyncRedisClient
+from memory_engine.store.plumbing import (
+    forget_hints,
+    index_hints,
+    is_cluster,
+    log_hint_errors,
+    pending_hint,
+    translate_errors,
+    write_reply,
+)
 from memory_engine.store.scripts import script_sha, script_source
 
 __all__ = ["AsyncMemoryStore"]
@@ -63,8 +74,10 @@ class AsyncMemoryStore:
     """Data access for memories over one ``redis.asyncio`` client. Use it from one event loop
     (the loop its client's connections belong to)."""
 
-    def __init__(self, client: AsyncRedis, keyspace: KeySpace) -> None:
-        self.redis = client
+    def __init__(self, client: AsyncRedisClient, keyspace: KeySpace) -> None:
+        self.redis: Any = client
+        # Redis Cluster: no EVALSHA in pipelines, no MULTI across slots (``_run_with_hints``).
+        self.cluster = is_cluster(client)
         self.keyspace = keyspace
         self._shas = {name: script_sha(name) for name in _SCRIPT_NAMES}
         self._index_memo = IndexMemo()
@@ -94,23 +107,42 @@ class AsyncMemoryStore:
             build(pipe)
             return list(await pipe.execute())
 
-    async def _run_with_hints(self, what: str, memory_id: str, build: Callable[[Any], None]) -> Any:
-        """One pipeline: a per-memory write first, then index commands (hints). Returns the
-        write's reply and raises its error; errors of the index commands are logged."""
-        with translate_errors(what):
-            for attempt in (0, 1):
-                pipe = self.redis.pipeline(transaction=False)
-                build(pipe)
-                replies = list(await pipe.execute(raise_on_error=False))
-                first = replies[0]
-                if isinstance(first, redis_errors.NoScriptError) and not attempt:
+    async def _run_with_hints(
+        self,
+        what: str,
+        memory_id: str,
+        write: Callable[[Any], Any],
+        hints: Callable[[Any], None],
+    ) -> Any:
+        """A per-memory write (one command, ``write(target)``), then index commands (hints,
+        ``hints(pipe)``): the sync ``ScriptRunner._run_with_hints``, awaited. Returns the write's
+        reply and raises its error (then nothing changed); errors of the hints are logged.
+
+        Standalone: one pipeline, one round trip. Redis Cluster: the write alone, then the hints
+        as their own pipeline (two round trips; the indexes may lag the write, as allowed).
+        NOSCRIPT: load the scripts and send again (the script did not run)."""
+        if self.cluster:
+            with translate_errors(what):
+                try:
+                    reply = await write(self.redis)
+                except redis_errors.NoScriptError:
                     await self._load_scripts()
-                    continue
-                if isinstance(first, Exception):
-                    raise first
-                log_hint_errors(what, memory_id, replies[1:])
-                return first
-        raise AssertionError("unreachable")  # pragma: no cover
+                    reply = await write(self.redis)
+            await self._write_hints(what, memory_id, hints)
+            return reply
+
+        async def send() -> list[Any]:
+            pipe = self.redis.pipeline(transaction=False)
+            write(pipe)
+            hints(pipe)
+            return list(await pipe.execute(raise_on_error=False))
+
+        with translate_errors(what):
+            try:
+                return write_reply(what, memory_id, await send())
+            except redis_errors.NoScriptError:
+                await self._load_scripts()
+                return write_reply(what, memory_id, await send())
 
     async def _write_hints(self, what: str, memory_id: str, build: Callable[[Any], None]) -> None:
         """Index commands alone, after the memory's write succeeded: failures are logged."""
@@ -123,9 +155,17 @@ class AsyncMemoryStore:
             replies = [exc]
         log_hint_errors(what, memory_id, replies)
 
+    def _evalsha(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Callable[[Any], Any]:
+        """``write`` for :meth:`_run_with_hints`: the named script on a client or a pipeline
+        (the SHA read when sent: a reload on NOSCRIPT may change it)."""
+
+        def write(target: Any) -> Any:
+            return target.evalsha(self._shas[name], len(keys), *keys, *args)
+
+        return write
+
     def _add_index_commands(self, pipe: Any, memory_id: str, now: float, ttl_s: int) -> None:
-        for index, mapping in index_writes(self.keyspace, memory_id, now, ttl_s):
-            pipe.zadd(index, mapping)
+        index_hints(self.keyspace, memory_id, now, ttl_s)(pipe)
 
     # ---- writes ------------------------------------------------------------------------
 
@@ -165,21 +205,15 @@ class AsyncMemoryStore:
         memory_id = keys.memory_id
         index_due = self._index_memo.due(memory_id, now, ttl_s)
         if index_due:
-            sha = self._shas["append"]
-
-            def build(pipe: Any) -> None:
-                pipe.evalsha(sha, len(script_keys), *script_keys, *static, *dynamic)
-                self._add_index_commands(pipe, memory_id, now, ttl_s)
-
-            reply = await self._run_with_hints("append", memory_id, build)
+            write = self._evalsha("append", script_keys, (*static, *dynamic))
+            hints = index_hints(self.keyspace, memory_id, now, ttl_s)
+            reply = await self._run_with_hints("append", memory_id, write, hints)
         else:
             reply = await self._call_script("append", "append", script_keys, (*static, *dynamic))
         outcome, created = decode_reply(reply, memory_id, arguments)
         if created and not index_due:
             await self._write_hints(
-                "index memory",
-                memory_id,
-                lambda pipe: self._add_index_commands(pipe, memory_id, now, ttl_s),
+                "index memory", memory_id, index_hints(self.keyspace, memory_id, now, ttl_s)
             )
         if index_due or created:
             self._index_memo.remember(memory_id, now)
@@ -199,13 +233,13 @@ class AsyncMemoryStore:
         script_keys, args = replace_call(
             keys, messages, resource_id=resource_id, ttl_s=ttl_s, now=now
         )
-        sha = self._shas["replace"]
 
-        def build(pipe: Any) -> None:
-            pipe.evalsha(sha, len(script_keys), *script_keys, *args)
+        def hints(pipe: Any) -> None:
             pipe.zadd(self.keyspace.access_index, {keys.memory_id: now})
 
-        return decode_replace_reply(await self._run_with_hints("replace", keys.memory_id, build))
+        write = self._evalsha("replace", script_keys, args)
+        reply = await self._run_with_hints("replace", keys.memory_id, write, hints)
+        return decode_replace_reply(reply)
 
     async def clear(self, keys: MemoryKeys, now: float | None = None) -> int:
         """Remove all messages and the summary; keep metadata. Returns how many were cleared."""
@@ -214,18 +248,14 @@ class AsyncMemoryStore:
         return int(cleared)
 
     async def delete(self, keys: MemoryKeys) -> bool:
-        """Remove every key of the memory and its index entries (hints). True if it existed."""
+        """Remove every key of the memory and its index entries (hints). True if it existed.
+        One round trip (two on a cluster: the ``DEL``, one slot, then the hints)."""
 
-        def build(pipe: Any) -> None:
-            pipe.delete(*memory_key_names(keys))
-            for index in (
-                self.keyspace.expiry_index,
-                self.keyspace.access_index,
-                self.keyspace.pending_index,
-            ):
-                pipe.zrem(index, keys.memory_id)
+        def write(target: Any) -> Any:
+            return target.delete(*memory_key_names(keys))
 
-        return bool(await self._run_with_hints("delete", keys.memory_id, build))
+        hints = forget_hints(self.keyspace, keys.memory_id)
+        return bool(await self._run_with_hints("delete", keys.memory_id, write, hints))
 
     async def set_flush_marker(
         self, keys: MemoryKeys, ttl_s: int, now: float | None = None
@@ -241,7 +271,7 @@ class AsyncMemoryStore:
             await self._write_hints(
                 "index pending flush",
                 keys.memory_id,
-                lambda pipe: pipe.zadd(self.keyspace.pending_index, {keys.memory_id: now}, nx=True),
+                pending_hint(self.keyspace, keys.memory_id, now),
             )
         return was_set
 
