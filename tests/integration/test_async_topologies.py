@@ -309,9 +309,7 @@ def test_sentinel_failover_during_async_appends(settings: Settings, tmp_path: Pa
             await exercise_async_contract(client, "asn")
             async with AsyncAppenders(memories) as appenders:
                 await appenders.wait_for(200)
-                await asyncio.to_thread(
-                    group.master.client().execute_command, "WAIT", 1, 5000
-                )
+                await asyncio.to_thread(group.master.client().execute_command, "WAIT", 1, 5000)
                 window_start = time.monotonic()
                 old, new = await asyncio.to_thread(group.failover)
                 window_end = time.monotonic()
