@@ -26,8 +26,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from memory_engine import AsyncMemory, AsyncMemoryClient, StoreError
+from memory_engine import AsyncMemory, AsyncMemoryClient, StoreError, StoreUnavailable
 from memory_engine.engine.flush import FlushStatus
 from memory_engine.registry import ResourceRegistry
 from memory_engine.resources import parse_resource
@@ -43,6 +46,7 @@ pytestmark = pytest.mark.timeout(180)
 T = TypeVar("T")
 WAIT_S = 30.0
 CONCURRENT_APPENDS = 1_000
+SENTINEL_RECOVERY_S = 5.0
 
 
 def run(coro: Awaitable[T]) -> T:
@@ -209,6 +213,59 @@ def test_sync_and_async_clients_share_cluster_memories(
     run(scenario())
 
 
+BUSY_SCRIPT = """
+local start = redis.call('TIME')
+local deadline = start[1] * 1000000 + start[2] + tonumber(ARGV[1]) * 1000
+repeat
+  local now = redis.call('TIME')
+until now[1] * 1000000 + now[2] >= deadline
+return 1
+"""
+
+
+def test_a_timed_out_cluster_append_is_not_sent_again(
+    settings: Settings, cluster: LocalCluster
+) -> None:
+    """The node is busy (a Lua loop) past the client's socket timeout while an append waits in
+    its socket, then runs it: the reply is lost, the write happened. redis-py's cluster client
+    would send it again after the timeout (a second copy, run too); the engine's raises
+    :class:`StoreUnavailable` and the message is stored once."""
+    busy_ms = 1000
+
+    async def scenario() -> None:
+        async with aclient(
+            settings, redis_url=cluster.url, redis_mode="cluster", socket_timeout_s=0.2
+        ) as client:
+            m = client.memory("conv", ctx("timed-out"))
+            await m.append({"role": "user", "content": "before"})
+            node = cluster.owner(cluster.keyslot(m.keys.meta))
+            busy = asyncio.create_task(
+                asyncio.to_thread(node.client().eval, BUSY_SCRIPT, 0, busy_ms)
+            )
+            probe = node.client(timeout_s=0.05, retry=Retry(NoBackoff(), 0))
+
+            def node_is_busy() -> bool:
+                try:
+                    probe.ping()
+                except redis.TimeoutError:
+                    return True
+                return False
+
+            await until(node_is_busy, "the node to run the busy script")
+            raised: StoreUnavailable | None = None
+            try:
+                await m.append({"role": "user", "content": "held"})
+            except StoreUnavailable as exc:
+                raised = exc
+            await busy
+            probe.close()
+            assert await contents(m) == ["before", "held"], "the timed-out append was re-sent"
+            assert raised is not None, "a write whose reply was lost must be reported"
+            assert (await m.stats()).message_count == 2
+
+    run(scenario())
+
+
 class AsyncAppenders:
     """Tasks appending unique contents to ``memories`` until stopped: what was acknowledged
     (with the monotonic time it returned) and how many calls failed with a store error."""
@@ -313,7 +370,9 @@ def test_sentinel_failover_during_async_appends(settings: Settings, tmp_path: Pa
                 window_start = time.monotonic()
                 old, new = await asyncio.to_thread(group.failover)
                 window_end = time.monotonic()
-                await appenders.wait_for(200)
+                # Followed at once: the connection drops on the old master's NOREPLICAS, where
+                # redis-py alone waits for READONLY (up to a sentinel's 10 s INFO period).
+                await appenders.wait_for(200, timeout_s=SENTINEL_RECOVERY_S)
             assert old is group.master and new is group.replica
             assert await appenders.missing(acked_before=window_start) == []
             assert await appenders.missing(acked_after=window_end) == []
