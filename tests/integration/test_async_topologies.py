@@ -336,6 +336,10 @@ def test_cluster_failover_during_async_appends_loses_nothing(
                 switched = time.monotonic()
                 await appenders.wait_for(300)
             assert c.owner(c.keyslot(memories[0].keys.meta)) is not victim
+            # A coordinated failover refuses nothing: writes wait out the old master's pause,
+            # then MOVED is followed, and the slot map is patched from it without closing the
+            # connections other tasks are reading from (AsyncEngineCluster, reinitialize_steps).
+            assert appenders.failed == 0, f"{appenders.failed} appends failed in the failover"
             assert await appenders.missing() == [], "acknowledged appends lost in the failover"
             after = [a for a in appenders.acked if a[0] is memories[0] and a[2] > switched]
             assert after, "the client did not recover on the failed-over master"
