@@ -6,11 +6,15 @@ The same Lua scripts (``store/scripts.py``), the same keys, arguments and reply 
 one is read identically through the other, and both may write it at once (every write is one
 script or one MULTI in Redis).
 
-Like the sync store: index commands are hints sent in the same pipeline as the per-memory write
-(their errors are logged, never raised), ``EVALSHA`` reloads the scripts on NOSCRIPT (the script
-did not run), redis-py errors become :class:`StoreUnavailable` / :class:`StoreError`, and nothing
-is retried (a write whose reply was lost may have run). Unlike it, there is no lean path: calls go
-through ``redis.asyncio``'s own connection pool (``store/connections.py``
+Like the sync store, and through the same helpers (``store/plumbing.py``): a per-memory write
+and its index commands (hints: their errors are logged, never raised) share one pipeline on a
+standalone Redis; on a Redis Cluster (:func:`~memory_engine.store.plumbing.is_cluster`, with
+:class:`~memory_engine.store.connections.AsyncEngineCluster`) the write is sent alone and the
+hints follow as their own pipeline, since the index keys live in other slots and the cluster
+pipeline refuses ``EVALSHA``. ``EVALSHA`` reloads the scripts on NOSCRIPT (the script did not
+run), redis-py errors become :class:`StoreUnavailable` / :class:`StoreError`, and nothing that may
+have run is retried (a write whose reply was lost may have run). Unlike it, there is no lean
+path: calls go through ``redis.asyncio``'s own connection pool (``store/connections.py``
 :func:`~memory_engine.store.connections.async_redis_from_settings`).
 
 Cancellation: a task cancelled while its command is in flight leaves the command applied once or
@@ -25,7 +29,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis as AsyncRedis
 
 from memory_engine.core.append import (
     AppendOutcome,
@@ -45,7 +48,6 @@ from memory_engine.core.commands import (
     decode_pop_reply,
     decode_replace_reply,
     flush_marker_call,
-    index_writes,
     memory_key_names,
     pop_call,
     record_use_call,
@@ -56,8 +58,17 @@ from memory_engine.crypto import KeyRing
 from memory_engine.errors import MemoryErased
 from memory_engine.keys import KeySpace, MemoryKeys
 from memory_engine.messages import Message
+from memory_engine.store.connections import AsyncRedisClient
 from memory_engine.store.indexes import add_subject_commands, unindex_commands
-from memory_engine.store.plumbing import log_hint_errors, translate_errors
+from memory_engine.store.plumbing import (
+    forget_hints,
+    index_hints,
+    is_cluster,
+    log_hint_errors,
+    pending_hint,
+    translate_errors,
+    write_reply,
+)
 from memory_engine.store.scripts import script_sha, script_source
 
 __all__ = ["AsyncMemoryStore"]
@@ -70,9 +81,11 @@ class AsyncMemoryStore:
     (the loop its client's connections belong to)."""
 
     def __init__(
-        self, client: AsyncRedis, keyspace: KeySpace, *, keyring: KeyRing | None = None
+        self, client: AsyncRedisClient, keyspace: KeySpace, *, keyring: KeyRing | None = None
     ) -> None:
-        self.redis = client
+        self.redis: Any = client
+        # Redis Cluster: no EVALSHA in pipelines, no MULTI across slots (``_run_with_hints``).
+        self.cluster = is_cluster(client)
         self.keyspace = keyspace
         self.keyring = keyring  # encryption at rest: reads open envelopes with it
         self._shas = {name: script_sha(name) for name in _SCRIPT_NAMES}
@@ -104,25 +117,51 @@ class AsyncMemoryStore:
             return list(await pipe.execute())
 
     async def _run_with_hints(
-        self, what: str, memory_id: str, build: Callable[[Any], None], write_at: int = 0
+        self,
+        what: str,
+        memory_id: str,
+        write: Callable[[Any], Any],
+        hints: Callable[[Any], None],
+        before: Callable[[Any], None] | None = None,
     ) -> Any:
-        """One pipeline: a per-memory write (at ``write_at``), and index commands (hints).
-        Returns the write's reply and raises its error; errors of the index commands are
-        logged."""
-        with translate_errors(what):
-            for attempt in (0, 1):
-                pipe = self.redis.pipeline(transaction=False)
-                build(pipe)
-                replies = list(await pipe.execute(raise_on_error=False))
-                first = replies.pop(write_at)
-                if isinstance(first, redis_errors.NoScriptError) and not attempt:
+        """A per-memory write (one command, ``write(target)``), then index commands (hints,
+        ``hints(pipe)``): the sync ``ScriptRunner._run_with_hints``, awaited. Returns the write's
+        reply and raises its error (then nothing changed); errors of the hints are logged.
+
+        Standalone: one pipeline, one round trip. Redis Cluster: the write alone, then the hints
+        as their own pipeline (two round trips; the indexes may lag the write, as allowed).
+        NOSCRIPT: load the scripts and send again (the script did not run). ``before(pipe)``:
+        index commands that must reach Redis before the write (``ScriptRunner._run_with_hints``)."""
+        if self.cluster:
+            if before is not None:
+                await self._write_hints(what, memory_id, before)
+            with translate_errors(what):
+                try:
+                    reply = await write(self.redis)
+                except redis_errors.NoScriptError:
                     await self._load_scripts()
-                    continue
-                if isinstance(first, Exception):
-                    raise first
-                log_hint_errors(what, memory_id, replies)
-                return first
-        raise AssertionError("unreachable")  # pragma: no cover
+                    reply = await write(self.redis)
+            await self._write_hints(what, memory_id, hints)
+            return reply
+
+        before_count = 0
+
+        async def send() -> list[Any]:
+            nonlocal before_count
+            pipe = self.redis.pipeline(transaction=False)
+            if before is not None:
+                before(pipe)
+                before_count = len(pipe.command_stack)
+            write(pipe)
+            hints(pipe)
+            return list(await pipe.execute(raise_on_error=False))
+
+        with translate_errors(what):
+            try:
+                return write_reply(what, memory_id, await send(), before_count)
+            except redis_errors.NoScriptError:
+                await self._load_scripts()
+                return write_reply(what, memory_id, await send(), before_count)
 
     async def _write_hints(self, what: str, memory_id: str, build: Callable[[Any], None]) -> None:
         """Index commands alone, after the memory's write succeeded: failures are logged."""
@@ -135,9 +174,17 @@ class AsyncMemoryStore:
             replies = [exc]
         log_hint_errors(what, memory_id, replies)
 
+    def _evalsha(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Callable[[Any], Any]:
+        """``write`` for :meth:`_run_with_hints`: the named script on a client or a pipeline
+        (the SHA read when sent: a reload on NOSCRIPT may change it)."""
+
+        def write(target: Any) -> Any:
+            return target.evalsha(self._shas[name], len(keys), *keys, *args)
+
+        return write
+
     def _add_index_commands(self, pipe: Any, memory_id: str, now: float, ttl_s: int) -> None:
-        for index, mapping in index_writes(self.keyspace, memory_id, now, ttl_s):
-            pipe.zadd(index, mapping)
+        index_hints(self.keyspace, memory_id, now, ttl_s)(pipe)
 
     # ---- writes ------------------------------------------------------------------------
 
@@ -185,15 +232,10 @@ class AsyncMemoryStore:
                 add_subject_commands(pipe, subject_index, memory_id, ttl_s)
 
         if index_due:
-            sha = self._shas["append"]
-
-            def build(pipe: Any) -> None:
-                add_subject(pipe)  # before the script: MemoryStore.append says why
-                pipe.evalsha(sha, len(script_keys), *script_keys, *static, *dynamic)
-                self._add_index_commands(pipe, memory_id, now, ttl_s)
-
-            write_at = 0 if subject_index is None else 3
-            reply = await self._run_with_hints("append", memory_id, build, write_at)
+            write = self._evalsha("append", script_keys, (*static, *dynamic))
+            hints = index_hints(self.keyspace, memory_id, now, ttl_s)
+            before = add_subject if subject_index is not None else None
+            reply = await self._run_with_hints("append", memory_id, write, hints, before)
         else:
             reply = await self._call_script("append", "append", script_keys, (*static, *dynamic))
         try:
@@ -208,10 +250,11 @@ class AsyncMemoryStore:
                 )
             raise
         if created and not index_due:
+            index = index_hints(self.keyspace, memory_id, now, ttl_s)
 
             def build_index(pipe: Any) -> None:
                 add_subject(pipe)
-                self._add_index_commands(pipe, memory_id, now, ttl_s)
+                index(pipe)
 
             await self._write_hints("index memory", memory_id, build_index)
         if index_due or created:
@@ -233,13 +276,12 @@ class AsyncMemoryStore:
         script_keys, args = replace_call(
             keys, messages, resource_id=resource_id, ttl_s=ttl_s, now=now, archive=archive
         )
-        sha = self._shas["replace"]
 
-        def build(pipe: Any) -> None:
-            pipe.evalsha(sha, len(script_keys), *script_keys, *args)
+        def hints(pipe: Any) -> None:
             pipe.zadd(self.keyspace.access_index, {keys.memory_id: now})
 
-        reply = await self._run_with_hints("replace", keys.memory_id, build)
+        write = self._evalsha("replace", script_keys, args)
+        reply = await self._run_with_hints("replace", keys.memory_id, write, hints)
         try:
             return decode_replace_reply(reply, keys.memory_id)
         except MemoryErased:  # take back the access-index entry that rode with the script
@@ -262,18 +304,14 @@ class AsyncMemoryStore:
         return decode_pop_reply(await self._call_script("pop", "pop", *call), keys.memory_id)
 
     async def delete(self, keys: MemoryKeys) -> bool:
-        """Remove every key of the memory and its index entries (hints). True if it existed."""
+        """Remove every key of the memory and its index entries (hints). True if it existed.
+        One round trip (two on a cluster: the ``DEL``, one slot, then the hints)."""
 
-        def build(pipe: Any) -> None:
-            pipe.delete(*memory_key_names(keys))
-            for index in (
-                self.keyspace.expiry_index,
-                self.keyspace.access_index,
-                self.keyspace.pending_index,
-            ):
-                pipe.zrem(index, keys.memory_id)
+        def write(target: Any) -> Any:
+            return target.delete(*memory_key_names(keys))
 
-        return bool(await self._run_with_hints("delete", keys.memory_id, build))
+        hints = forget_hints(self.keyspace, keys.memory_id)
+        return bool(await self._run_with_hints("delete", keys.memory_id, write, hints))
 
     async def set_flush_marker(
         self, keys: MemoryKeys, ttl_s: int, now: float | None = None
@@ -289,7 +327,7 @@ class AsyncMemoryStore:
             await self._write_hints(
                 "index pending flush",
                 keys.memory_id,
-                lambda pipe: pipe.zadd(self.keyspace.pending_index, {keys.memory_id: now}, nx=True),
+                pending_hint(self.keyspace, keys.memory_id, now),
             )
         return was_set
 

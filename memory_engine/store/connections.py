@@ -1,24 +1,36 @@
-"""Builds the Redis client from settings. The one place connection options are decided.
+"""Builds the Redis clients from settings. The one place connection options are decided.
 
-Three topologies (``MEMORY_REDIS_MODE``, docs/scaling.md):
+Three topologies (``MEMORY_REDIS_MODE``, docs/scaling.md), each for the sync client
+(:func:`redis_from_settings`) and the asyncio client (:func:`async_redis_from_settings`):
 
-- ``standalone``: :class:`redis.Redis` on ``MEMORY_REDIS_URL``;
-- ``cluster``: :class:`EngineCluster` (redis-py's ``RedisCluster``) seeded with the node that
-  ``MEMORY_REDIS_URL`` names; it reads the slot map, follows ``MOVED``/``ASK`` and re-reads the
-  map after a failover. Every per-memory command touches one slot (the keys share the hash tag
-  ``{<project>:<key>}``), so nothing here needs cross-slot support;
-- ``sentinel``: :class:`redis.Redis` on a pool that asks the sentinels where the master is, on
-  every new connection (so a failover is followed by reconnecting).
+- ``standalone``: :class:`redis.Redis` (``redis.asyncio.Redis``) on ``MEMORY_REDIS_URL``;
+- ``cluster``: :class:`EngineCluster` (:class:`AsyncEngineCluster`), redis-py's cluster client
+  seeded with the node that ``MEMORY_REDIS_URL`` names; it reads the slot map, follows
+  ``MOVED``/``ASK`` and re-reads the map after a failover. Every per-memory command touches one
+  slot (the keys share the hash tag ``{<project>:<key>}``), so nothing here needs cross-slot
+  support;
+- ``sentinel``: a client on a pool that asks the sentinels where the master is, on every new
+  connection (so a failover is followed by reconnecting).
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any, TypeAlias
 from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio
+from redis.asyncio.cluster import ClusterPipeline as AsyncClusterPipeline
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.asyncio.connection import SSLConnection as AsyncSSLConnection
+from redis.asyncio.connection import parse_url as async_parse_url
 from redis.asyncio.retry import Retry as AsyncRetry
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelConnectionPool
+from redis.asyncio.sentinel import SentinelManagedConnection as AsyncSentinelManagedConnection
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.connection import SSLConnection, parse_url
@@ -29,6 +41,7 @@ from redis.sentinel import Sentinel, SentinelManagedConnection
 from memory_engine.settings import Settings
 
 __all__ = [
+    "AsyncEngineCluster",
     "AsyncRedisClient",
     "CLUSTER_DOWN_RETRIES",
     "EngineCluster",
@@ -45,6 +58,9 @@ CLUSTER_DOWN_RETRIES = 8
 each after redis-py's 0.25 s pause and a fresh slot map: about 2 s, the length of a failover
 with ``cluster-node-timeout`` near 1 s. Those errors mean the command did not run."""
 
+_NOT_RUN_RETRYABLE = (ClusterDownError, SlotNotCoveredError)
+"""The only errors a cluster client sends a command again after (sync and async alike)."""
+
 
 class EngineCluster(RedisCluster):
     """redis-py's cluster client, retrying only what surely did not run.
@@ -57,7 +73,7 @@ class EngineCluster(RedisCluster):
     are idempotent.
     """
 
-    ERRORS_ALLOW_RETRY = (ClusterDownError, SlotNotCoveredError)  # type: ignore[assignment]
+    ERRORS_ALLOW_RETRY = _NOT_RUN_RETRYABLE  # type: ignore[assignment]
 
 
 class _SentinelMasterConnection(SentinelManagedConnection):
@@ -76,7 +92,7 @@ class _SentinelMasterConnection(SentinelManagedConnection):
         try:
             return super().read_response(*args, **kwargs)
         except ResponseError as exc:
-            if str(exc).startswith("NOREPLICAS"):
+            if _refused_for_replicas(exc):
                 self.disconnect()  # type: ignore[no-untyped-call]
                 raise ConnectionError(f"the master refused the write: {exc}") from exc
             raise
@@ -86,13 +102,34 @@ class _SentinelMasterSSLConnection(_SentinelMasterConnection, SSLConnection):
     pass
 
 
+def _refused_for_replicas(exc: ResponseError) -> bool:
+    """``NOREPLICAS``: the master has too few replicas acknowledging (the sentinel connections
+    of both clients drop on it)."""
+    return str(exc).startswith("NOREPLICAS")
+
+
 RedisClient: TypeAlias = redis.Redis | RedisCluster
 """The client types the rest of the library is handed (it never imports redis-py itself)."""
 
 
 def is_cluster(client: object) -> bool:
-    """True for a Redis Cluster client: pipelines then refuse ``EVALSHA`` and cross-slot MULTI."""
-    return isinstance(client, RedisCluster)
+    """True for a Redis Cluster client, sync or asyncio: pipelines then refuse ``EVALSHA`` and
+    cross-slot MULTI (``store/plumbing.py``)."""
+    return isinstance(client, RedisCluster | AsyncRedisCluster)
+
+
+def _connection_options(settings: Settings, url: str, timeout_s: float | None) -> dict[str, Any]:
+    """Timeouts, keepalive and health checks, the same for every mode and both clients."""
+    options: dict[str, Any] = {
+        "socket_timeout": timeout_s or settings.socket_timeout_s,
+        "socket_connect_timeout": timeout_s or settings.socket_connect_timeout_s,
+        "health_check_interval": HEALTH_CHECK_INTERVAL_S,
+    }
+    if urlsplit(url).scheme != "unix":
+        # TCP keepalive detects a dead peer on an idle pooled connection; a Unix socket has no
+        # such option (redis-py's UnixDomainSocketConnection refuses the argument).
+        options["socket_keepalive"] = True
+    return options
 
 
 def redis_from_settings(
@@ -110,16 +147,8 @@ def redis_from_settings(
     (standalone only); credentials come from the URL.
     """
     url = settings.redis_dsn()
-    options: dict[str, Any] = {
-        "socket_timeout": timeout_s or settings.socket_timeout_s,
-        "socket_connect_timeout": timeout_s or settings.socket_connect_timeout_s,
-        "health_check_interval": HEALTH_CHECK_INTERVAL_S,
-        "client_name": client_name,
-    }
-    if urlsplit(url).scheme != "unix":
-        # TCP keepalive detects a dead peer on an idle pooled connection; a Unix socket has no
-        # such option (redis-py's UnixDomainSocketConnection refuses the argument).
-        options["socket_keepalive"] = True
+    options = _connection_options(settings, url, timeout_s)
+    options["client_name"] = client_name
     if settings.redis_mode == "cluster":
         return EngineCluster.from_url(
             url,
@@ -138,13 +167,21 @@ def redis_from_settings(
     )
 
 
-def _sentinel_master(settings: Settings, url: str, options: dict[str, Any]) -> redis.Redis:
-    """The master behind the sentinels. ``url`` gives the master's credentials, database and
-    TLS options (its host and port are not used); the ``ssl_*`` options serve the sentinels
-    too when they speak TLS."""
-    parsed: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
+def _sentinel_parts(
+    settings: Settings,
+    url: str,
+    options: dict[str, Any],
+    parse: Callable[[str], Any],
+    ssl_class: type,
+) -> tuple[dict[str, Any], bool, dict[str, Any]]:
+    """(master connection options, TLS to the master, options of the sentinel connections),
+    from ``url`` parsed by the sync or the asyncio ``parse_url`` (``ssl_class``: what it names
+    for ``rediss://``). The URL gives the master's credentials, database and TLS options (its
+    host and port are not used); the ``ssl_*`` options serve the sentinels too when they speak
+    TLS."""
+    parsed: dict[str, Any] = parse(url)
     master = {k: v for k, v in parsed.items() if k not in ("host", "port", "path")}
-    tls = master.pop("connection_class", None) is SSLConnection
+    tls = master.pop("connection_class", None) is ssl_class
     tls_options = {k: v for k, v in master.items() if k.startswith("ssl_")}
     sentinel_tls = tls if settings.redis_sentinel_tls is None else settings.redis_sentinel_tls
     sentinel_kwargs: dict[str, Any] = {
@@ -159,6 +196,12 @@ def _sentinel_master(settings: Settings, url: str, options: dict[str, Any]) -> r
     }
     if sentinel_tls:
         sentinel_kwargs.update(ssl=True, **tls_options)
+    return master, tls, sentinel_kwargs
+
+
+def _sentinel_master(settings: Settings, url: str, options: dict[str, Any]) -> redis.Redis:
+    """The master behind the sentinels (:func:`_sentinel_parts` says what the URL gives)."""
+    master, tls, sentinel_kwargs = _sentinel_parts(settings, url, options, parse_url, SSLConnection)
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
         settings.sentinel_addresses(), sentinel_kwargs=sentinel_kwargs, **options, **master
     )
@@ -171,38 +214,184 @@ def _sentinel_master(settings: Settings, url: str, options: dict[str, Any]) -> r
     return client
 
 
-AsyncRedisClient = redis.asyncio.Redis
-"""The ``redis.asyncio`` client type the async client is handed."""
+# ---- asyncio ----------------------------------------------------------------------------------
+
+_HOLDS_CONNECTION: ContextVar[bool] = ContextVar("memory_engine_holds_connection", default=False)
+"""Set while a task runs a command of :class:`AsyncEngineCluster` under its connection budget:
+what redis-py sends from inside that command (a pipeline's redirected commands) is not counted
+twice, so it cannot wait for a permit its own caller holds."""
 
 
-def async_redis_from_settings(settings: Settings) -> redis.asyncio.Redis:
-    """The ``redis.asyncio`` client of :class:`~memory_engine.aio.AsyncMemoryClient`: the options
-    of :func:`redis_from_settings` (timeouts, no retries, keepalive on TCP, health checks, client
-    name), with two differences that come from running on an event loop:
+class AsyncEngineCluster(AsyncRedisCluster):
+    """``redis.asyncio``'s cluster client with the rules of :class:`EngineCluster`, and a pool
+    that waits.
 
-    - the pool *waits* for a free connection (``BlockingConnectionPool``) instead of raising: a
-      thousand tasks on one loop share ``redis_max_connections`` connections, where threads are
-      few. A wait longer than ``socket_timeout_s`` (every connection stuck on a dead server)
-      fails as :class:`StoreUnavailable`;
-    - retries off as in the sync client (a timed-out write may have run), with
-      ``redis.asyncio``'s own ``Retry`` class.
+    - Retries: only after ``CLUSTERDOWN`` or an uncovered slot (the command did not run), as in
+      the sync client; ``MOVED``/``ASK``/``TRYAGAIN`` are followed inside one attempt. Pipelines
+      keep redis-py's rule, as in the sync client (they carry reads or idempotent index writes).
+    - Waiting for a connection: redis-py's async cluster node raises ``MaxConnectionsError`` as
+      soon as its ``max_connections`` are busy, where the standalone async client waits
+      (``BlockingConnectionPool``). A thousand tasks on one loop would fail; so every command
+      and pipeline first takes one of ``max_connections`` permits (a command or a pipeline
+      holds at most one connection per node at a time, so no node's pool overflows), waiting
+      up to ``connection_wait_s``; a longer wait fails as a ``ConnectionError``
+      (:class:`StoreUnavailable`), before anything is sent.
+    - ``reinitialize_steps=0``: on ``MOVED`` redis-py's async client would re-read the slot map
+      every 5th redirection by closing *every* connection of the client, cutting the replies of
+      other tasks' commands in flight (their outcome then unknown). The slot map is patched from
+      each ``MOVED`` instead (a failed-over master's replica is promoted in the map); a full
+      re-read still follows a connection error or ``CLUSTERDOWN``.
+    """
+
+    ERRORS_ALLOW_RETRY = _NOT_RUN_RETRYABLE  # type: ignore[assignment]
+
+    def __init__(self, *args: Any, connection_wait_s: float | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("reinitialize_steps", 0)
+        super().__init__(*args, **kwargs)
+        self._permits = asyncio.Semaphore(int(kwargs.get("max_connections", 100)))
+        self._connection_wait_s = connection_wait_s
+
+    async def _take_permit(self) -> None:
+        try:
+            async with asyncio.timeout(self._connection_wait_s):
+                await self._permits.acquire()
+        except TimeoutError as exc:
+            raise ConnectionError(
+                f"no free cluster connection within {self._connection_wait_s} s"
+            ) from exc
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        if _HOLDS_CONNECTION.get():
+            return await super().execute_command(*args, **kwargs)
+        await self._take_permit()
+        token = _HOLDS_CONNECTION.set(True)
+        try:
+            return await super().execute_command(*args, **kwargs)
+        finally:
+            _HOLDS_CONNECTION.reset(token)
+            self._permits.release()
+
+    def pipeline(
+        self, transaction: Any | None = None, shard_hint: Any | None = None
+    ) -> AsyncClusterPipeline:
+        if shard_hint:
+            return super().pipeline(transaction, shard_hint)  # redis-py refuses it
+        return _AsyncEnginePipeline(self, transaction)  # type: ignore[abstract]
+
+
+class _AsyncEnginePipeline(AsyncClusterPipeline):
+    """A cluster pipeline that takes its client's connection permit around ``execute``."""
+
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> Any:
+        client = self.cluster_client
+        if _HOLDS_CONNECTION.get() or not isinstance(client, AsyncEngineCluster):
+            return await super().execute(raise_on_error, allow_redirections)
+        await client._take_permit()
+        token = _HOLDS_CONNECTION.set(True)
+        try:
+            return await super().execute(raise_on_error, allow_redirections)
+        finally:
+            _HOLDS_CONNECTION.reset(token)
+            client._permits.release()
+
+
+class _AsyncSentinelMasterConnection(AsyncSentinelManagedConnection):
+    """:class:`_SentinelMasterConnection` for ``redis.asyncio``: drop the connection on
+    ``NOREPLICAS`` so the next command asks the sentinels (redis-py does it on ``READONLY``)."""
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().read_response(*args, **kwargs)
+        except ResponseError as exc:
+            if _refused_for_replicas(exc):
+                await self.disconnect()
+                raise ConnectionError(f"the master refused the write: {exc}") from exc
+            raise
+
+
+class _AsyncSentinelMasterSSLConnection(_AsyncSentinelMasterConnection, AsyncSSLConnection):
+    pass
+
+
+class _AsyncSentinelPool(AsyncSentinelConnectionPool, redis.asyncio.BlockingConnectionPool):
+    """The sentinel-backed pool, waiting for a free connection (as the standalone async pool
+    does), and closing the sentinel connections with it."""
+
+    async def aclose(self) -> None:
+        try:
+            await super().aclose()
+        finally:
+            await self.sentinel_manager.aclose()
+
+
+AsyncRedisClient: TypeAlias = redis.asyncio.Redis | AsyncRedisCluster
+"""The ``redis.asyncio`` client types the async client is handed."""
+
+
+def async_redis_from_settings(
+    settings: Settings,
+    *,
+    timeout_s: float | None = None,
+    client_name: str = "memory-engine",
+) -> Any:
+    """The ``redis.asyncio`` client of :class:`~memory_engine.aio.AsyncMemoryClient` for
+    ``settings.redis_mode``: the options of :func:`redis_from_settings` (timeouts, no retries,
+    keepalive on TCP, health checks, client name, TLS and credentials from the URL), with one
+    difference that comes from running on an event loop: the pool *waits* for a free
+    connection instead of raising. A thousand tasks on one loop share ``redis_max_connections``
+    connections (per node on a cluster), where threads are few. A wait longer than
+    ``socket_timeout_s`` (every connection stuck on a dead server) fails as
+    :class:`StoreUnavailable`.
+
+    - standalone: ``BlockingConnectionPool``;
+    - cluster: :class:`AsyncEngineCluster`;
+    - sentinel: the sentinels' master on a waiting pool whose connections drop on
+      ``READONLY`` and ``NOREPLICAS`` (as the sync client's).
     """
     url = settings.redis_dsn()
-    tcp_only: dict[str, Any] = {}
-    if urlsplit(url).scheme != "unix":
-        tcp_only["socket_keepalive"] = True
+    options = _connection_options(settings, url, timeout_s)
+    options["client_name"] = client_name
+    wait_s = timeout_s or settings.socket_timeout_s
+    if settings.redis_mode == "cluster":
+        return AsyncEngineCluster.from_url(
+            url,
+            max_connections=settings.redis_max_connections,
+            connection_wait_s=wait_s,
+            retry=AsyncRetry(NoBackoff(), CLUSTER_DOWN_RETRIES),
+            **options,
+        )
+    if settings.redis_mode == "sentinel":
+        return _async_sentinel_master(settings, url, options, wait_s)
     pool = redis.asyncio.BlockingConnectionPool.from_url(
         url,
-        socket_timeout=settings.socket_timeout_s,
-        socket_connect_timeout=settings.socket_connect_timeout_s,
-        health_check_interval=HEALTH_CHECK_INTERVAL_S,
         max_connections=settings.redis_max_connections,
-        timeout=settings.socket_timeout_s,
+        timeout=wait_s,
         retry=AsyncRetry(NoBackoff(), 0),
-        client_name="memory-engine",
-        **tcp_only,
+        **options,
     )
     return redis.asyncio.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
+
+
+def _async_sentinel_master(
+    settings: Settings, url: str, options: dict[str, Any], wait_s: float
+) -> redis.asyncio.Redis:
+    master, tls, sentinel_kwargs = _sentinel_parts(
+        settings, url, options, async_parse_url, AsyncSSLConnection
+    )
+    sentinel = AsyncSentinel(  # type: ignore[no-untyped-call]
+        settings.sentinel_addresses(), sentinel_kwargs=sentinel_kwargs, **options, **master
+    )
+    client: redis.asyncio.Redis = sentinel.master_for(
+        str(settings.redis_sentinel_master),
+        connection_pool_class=_AsyncSentinelPool,
+        max_connections=settings.redis_max_connections,
+        timeout=wait_s,
+        retry=AsyncRetry(NoBackoff(), 0),
+        connection_class=(
+            _AsyncSentinelMasterSSLConnection if tls else _AsyncSentinelMasterConnection
+        ),
+    )
+    return client
 
 
 def ping_url(url: str, *, timeout_s: float) -> None:

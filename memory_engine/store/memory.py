@@ -62,7 +62,6 @@ from memory_engine.core.commands import (
     decode_pop_reply,
     decode_replace_reply,
     flush_marker_call,
-    index_writes,
     memory_key_names,
     pop_call,
     record_use_call,
@@ -81,7 +80,13 @@ from memory_engine.store.connections import RedisClient
 from memory_engine.store.indexes import IndexStore, add_subject_commands, unindex_commands
 from memory_engine.store.lane import command_head, lane_for
 from memory_engine.store.locks import MemoryLock
-from memory_engine.store.plumbing import ScriptRunner, translate_errors
+from memory_engine.store.plumbing import (
+    ScriptRunner,
+    forget_hints,
+    index_hints,
+    pending_hint,
+    translate_errors,
+)
 
 __all__ = [
     "FLUSH_MARKER_UNPUBLISHED",
@@ -291,8 +296,7 @@ class MemoryStore(ScriptRunner):
     # ---- index hints (the append hot path) -----------------------------------------------
 
     def _add_index_commands(self, pipe: Any, memory_id: str, now: float, ttl_s: int) -> None:
-        for index, mapping in index_writes(self.keyspace, memory_id, now, ttl_s):
-            pipe.zadd(index, mapping)
+        index_hints(self.keyspace, memory_id, now, ttl_s)(pipe)
 
     def _write_index(
         self, memory_id: str, now: float, ttl_s: int, subject_index: str | None = None
@@ -357,14 +361,7 @@ class MemoryStore(ScriptRunner):
         def write(target: Any) -> Any:
             return target.delete(*memory_key_names(keys))
 
-        def hints(pipe: Any) -> None:
-            for index in (
-                self.keyspace.expiry_index,
-                self.keyspace.access_index,
-                self.keyspace.pending_index,
-            ):
-                pipe.zrem(index, keys.memory_id)
-
+        hints = forget_hints(self.keyspace, keys.memory_id)
         return bool(self._run_with_hints("delete", keys.memory_id, write, hints))
 
     def commit(
@@ -460,10 +457,7 @@ class MemoryStore(ScriptRunner):
     def index_pending(self, keys: MemoryKeys, now: float) -> None:
         """Add the memory to the pending-flush index (a hint for the marker sweep; a failure is
         logged)."""
-
-        def build(pipe: Any) -> None:
-            pipe.zadd(self.keyspace.pending_index, {keys.memory_id: now}, nx=True)
-
+        build = pending_hint(self.keyspace, keys.memory_id, now)
         self._write_hints("index pending flush", keys.memory_id, build)
 
     def release_flush_marker(self, keys: MemoryKeys) -> None:

@@ -5,7 +5,9 @@
 Cluster-safe by construction: a script is sent as a lone command (redis-py's cluster pipeline
 refuses ``EVALSHA``), pipelines with ``transaction=True`` hold keys of one memory only (one
 slot), and index commands (other slots) go in non-transactional pipelines, which redis-py's
-cluster client splits by node. An asyncio store must follow the same three rules."""
+cluster client splits by node. The asyncio store (``store/aio.py``) follows the same three rules
+with the helpers below: :func:`is_cluster` decides, :func:`write_reply` reads a pipeline whose
+first command is the write, and the ``*_hints`` builders are the index commands of both stores."""
 
 from __future__ import annotations
 
@@ -16,11 +18,22 @@ from typing import Any
 
 from redis import exceptions as redis_errors
 
+from memory_engine.core.commands import index_writes
 from memory_engine.errors import StoreError, StoreUnavailable
+from memory_engine.keys import KeySpace
 from memory_engine.store.connections import is_cluster
 from memory_engine.store.scripts import script_sha, script_source
 
-__all__ = ["ScriptRunner", "log_hint_errors", "translate_errors"]
+__all__ = [
+    "ScriptRunner",
+    "forget_hints",
+    "index_hints",
+    "is_cluster",
+    "log_hint_errors",
+    "pending_hint",
+    "translate_errors",
+    "write_reply",
+]
 
 log = logging.getLogger("memory_engine.store.memory")
 
@@ -81,6 +94,49 @@ def log_hint_errors(what: str, memory_id: str, replies: Sequence[Any]) -> None:
         )
 
 
+def write_reply(what: str, memory_id: str, replies: Sequence[Any], write_at: int = 0) -> Any:
+    """The reply of the per-memory write at ``write_at`` in a pipeline of
+    ``[*hints_before, write, *hints]``: its error is raised (a ``NoScriptError`` too: the caller
+    loads the scripts and sends the pipeline again, since the script did not run and the hints
+    are idempotent); the errors of the hints are logged."""
+    first = replies[write_at]
+    if isinstance(first, Exception):
+        raise first
+    log_hint_errors(what, memory_id, [*replies[:write_at], *replies[write_at + 1 :]])
+    return first
+
+
+def index_hints(
+    keyspace: KeySpace, memory_id: str, now: float, ttl_s: int
+) -> Callable[[Any], None]:
+    """The memory's expiry and access index entries (``ZADD`` s), for any pipeline."""
+
+    def build(pipe: Any) -> None:
+        for index, mapping in index_writes(keyspace, memory_id, now, ttl_s):
+            pipe.zadd(index, mapping)
+
+    return build
+
+
+def forget_hints(keyspace: KeySpace, memory_id: str) -> Callable[[Any], None]:
+    """The memory's entries out of every index (``ZREM`` s), after its keys were deleted."""
+
+    def build(pipe: Any) -> None:
+        for index in (keyspace.expiry_index, keyspace.access_index, keyspace.pending_index):
+            pipe.zrem(index, memory_id)
+
+    return build
+
+
+def pending_hint(keyspace: KeySpace, memory_id: str, now: float) -> Callable[[Any], None]:
+    """The memory into the pending-flush index, unless already there (the marker sweep's hint)."""
+
+    def build(pipe: Any) -> None:
+        pipe.zadd(keyspace.pending_index, {memory_id: now}, nx=True)
+
+    return build
+
+
 class ScriptRunner:
     """Runs the named Lua scripts of ``store/lua`` over one redis-py client."""
 
@@ -136,25 +192,26 @@ class ScriptRunner:
                     reply = write(self.redis)
             self._write_hints(what, memory_id, hints)
             return reply
+
+        before_count = 0
+
+        def send() -> list[Any]:
+            nonlocal before_count
+            pipe = self.redis.pipeline(transaction=False)
+            if before is not None:
+                before(pipe)
+                before_count = len(pipe.command_stack)
+            write(pipe)
+            hints(pipe)
+            return list(pipe.execute(raise_on_error=False))
+
         with translate_errors(what):
-            for attempt in (0, 1):
-                pipe = self.redis.pipeline(transaction=False)
-                write_at = 0
-                if before is not None:
-                    before(pipe)
-                    write_at = len(pipe.command_stack)
-                write(pipe)
-                hints(pipe)
-                replies = list(pipe.execute(raise_on_error=False))
-                first = replies.pop(write_at)
-                if isinstance(first, redis_errors.NoScriptError) and not attempt:
-                    self._load_scripts()
-                    continue
-                if isinstance(first, Exception):
-                    raise first
-                self._log_hint_errors(what, memory_id, replies)
-                return first
-        raise AssertionError("unreachable")  # pragma: no cover
+            try:
+                replies = send()
+                return write_reply(what, memory_id, replies, before_count)
+            except redis_errors.NoScriptError:
+                self._load_scripts()
+                return write_reply(what, memory_id, send(), before_count)
 
     @staticmethod
     def _log_hint_errors(what: str, memory_id: str, replies: Sequence[Any]) -> None:
