@@ -15,16 +15,31 @@ from urllib.parse import urlsplit
 
 from jinja2 import TemplateError
 from jinja2.sandbox import SandboxedEnvironment
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BeforeValidator, Field, ValidationError
 from pydantic.functional_validators import AfterValidator, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
-from pydantic_core import InitErrorDetails
 
 from memory_engine.context_windows import context_window
-from memory_engine.durations import Duration, field_error, parse_duration, pydantic_check
 from memory_engine.errors import ConfigError
 from memory_engine.messages import Role
 from memory_engine.patterns import MAX_BOUNDED_REPEAT, MAX_REPEAT_SPLITS, check_redact_pattern
+from memory_engine.retention import (
+    DEFAULT_ARCHIVE_TTL_S,
+    ArchiveConfig,
+    CeilingConfig,
+)
+from memory_engine.schema import (
+    Duration,
+    FrozenSection,
+    PositiveInt,
+    Ratio,
+    RuleProblems,
+    Share,
+    Text,
+    field_error,
+    parse_duration,
+    pydantic_check,
+)
 
 __all__ = [
     "DEFAULT_FLUSH_LOCK_TTL_S", "DEFAULT_SUMMARIZE_THRESHOLD", "DEFAULT_TARGET_PERCENT",
@@ -87,29 +102,6 @@ class EvictionPolicyType(StrEnum):
     PRIORITY = "priority"
 
 
-class _Problems(list[InitErrorDetails]):
-    # Cross-field rule violations, raised together. pydantic nests a ValidationError raised in a
-    # validator under that model's location, so each keeps its own path (flushing.summary_tokens).
-
-    def add(self, path: str, reason: str, value: object = None) -> None:
-        loc = tuple(path.split(".")) if path else ()
-        self.append(InitErrorDetails(type=field_error("rule", reason), loc=loc, input=value))
-
-    def raise_any(self, title: str) -> None:
-        if self:
-            raise ValidationError.from_exception_data(title, self)
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-_Ratio = Annotated[float, Field(strict=True, gt=0, le=1)]
-_Share = Annotated[float, Field(strict=True, ge=0, le=1)]
-_PositiveInt = Annotated[int, Field(strict=True, gt=0)]
-_Text = Annotated[str, Field(min_length=1)]
-
-
 _RedactPattern = Annotated[str, AfterValidator(pydantic_check("pattern", check_redact_pattern))]
 
 
@@ -140,7 +132,7 @@ def default_summary_tokens(
     return max(1, min(wanted, math.floor(max_tokens * target_percent / 2)))
 
 
-class FlushingConfig(_Frozen):
+class FlushingConfig(FrozenSection):
     """When a flush triggers, how far down it goes, and how (``hybrid_summary`` summarises).
 
     ``target_percent`` defaults to :func:`default_target_percent` of the threshold; a
@@ -148,14 +140,14 @@ class FlushingConfig(_Frozen):
     :class:`MemoryResource`, which knows the budget)."""
 
     type: FlushingType = FlushingType.SIMPLE_FIFO
-    summarize_threshold: _Ratio = DEFAULT_SUMMARIZE_THRESHOLD
-    summary_tokens: _PositiveInt | None = None
-    summarize_oldest_percent: _Ratio = 0.5
+    summarize_threshold: Ratio = DEFAULT_SUMMARIZE_THRESHOLD
+    summary_tokens: PositiveInt | None = None
+    summarize_oldest_percent: Ratio = 0.5
     target_percent: Annotated[float, Field(strict=True, gt=0, lt=1)] = DEFAULT_TARGET_PERCENT
 
     @model_validator(mode="after")
     def _rules(self) -> FlushingConfig:
-        problems = _Problems()
+        problems = RuleProblems()
         if "target_percent" not in self.model_fields_set:
             # A default must not make a legal threshold invalid: derive it. The model is frozen;
             # this runs inside its validation, before anyone can see the instance.
@@ -173,7 +165,7 @@ class FlushingConfig(_Frozen):
         return self
 
 
-class EvictionConfig(_Frozen):
+class EvictionConfig(FrozenSection):
     """Which messages a flush removes first; ``priority`` keeps messages with a keyword longest."""
 
     policy: EvictionPolicyType = EvictionPolicyType.FIFO
@@ -190,7 +182,7 @@ class EvictionConfig(_Frozen):
 
     @model_validator(mode="after")
     def _rules(self) -> EvictionConfig:
-        problems = _Problems()
+        problems = RuleProblems()
         if self.policy is EvictionPolicyType.PRIORITY:
             if not self.priority_keywords:
                 problems.add("priority_keywords", "priority eviction needs a keyword", ())
@@ -201,17 +193,17 @@ class EvictionConfig(_Frozen):
         return self
 
 
-class TokenAllocation(_Frozen):
+class TokenAllocation(FrozenSection):
     """How the token budget is shared out; all shares, ``user_defined`` included, sum to 1."""
 
-    short_term: _Share
-    long_term: _Share
-    system: _Share
-    user_defined: dict[str, _Share] = Field(default_factory=dict)
+    short_term: Share
+    long_term: Share
+    system: Share
+    user_defined: dict[str, Share] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> TokenAllocation:
-        problems = _Problems()
+        problems = RuleProblems()
         total = self.short_term + self.long_term + self.system + sum(self.user_defined.values())
         if abs(total - 1.0) > _TOKEN_ALLOCATION_TOLERANCE:
             problems.add("", f"shares must sum to 1 (+/- 0.001), got {total:.4f}", total)
@@ -219,7 +211,7 @@ class TokenAllocation(_Frozen):
         return self
 
 
-class PersistenceConfig(_Frozen):
+class PersistenceConfig(FrozenSection):
     """Where and how long a memory is kept. ``ttl`` 0 means no expiry."""
 
     type: Literal["redis"] = "redis"
@@ -239,7 +231,7 @@ class PersistenceConfig(_Frozen):
         return math.ceil(self.ttl)
 
 
-class PrivacyPolicy(_Frozen):
+class PrivacyPolicy(FrozenSection):
     """Redaction applied before a message is stored, and message roles that are never stored."""
 
     redact_patterns: tuple[_RedactPattern, ...] = ()
@@ -260,7 +252,7 @@ class PrivacyPolicy(_Frozen):
         return roles
 
 
-class LockingConfig(_Frozen):
+class LockingConfig(FrozenSection):
     """TTL of the per-memory lock a flush or an eviction holds (renewed while it runs; a flush may
     call an LLM). Appends and clears take no lock: each is one atomic Redis script, and an
     in-flight flush is fenced by the memory's epoch instead."""
@@ -291,11 +283,11 @@ class LockingConfig(_Frozen):
         return self.flush_ttl
 
 
-class TokenProviderConfig(_Frozen):
+class TokenProviderConfig(FrozenSection):
     """Which tokenizer counts tokens. Secrets never live in the file, only an env var's name."""
 
     provider: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,49}$")]
-    model: _Text | None = None
+    model: Text | None = None
     api_key_env: Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]*$")] | None = None
     endpoint: str | None = None
     # Declared only so a literal key is refused with a reason at its own path rather than a bare
@@ -324,83 +316,6 @@ class TokenProviderConfig(_Frozen):
         return value
 
 
-# --- hard ceiling ---------------------------------------------------------------------------
-
-DEFAULT_CEILING_FACTOR: Final[float] = 4.0
-"""Default hard ceiling: this multiple of ``max_messages`` and of the token budget."""
-
-
-class CeilingAction(StrEnum):
-    EVICT = "evict"
-    REFUSE = "refuse"
-
-
-class CeilingConfig(_Frozen):
-    """The hard ceiling that every append enforces itself (``lua/append.lua``), whether or not a
-    worker flushes: ``factor`` x ``max_messages`` messages and ``factor`` x the token budget
-    (tokens of the stored messages; the summary is bounded by ``summary_tokens``), unless
-    ``max_messages`` / ``max_tokens`` here set a ceiling explicitly (at least the limit). Beyond
-    it, ``on_exceed: evict`` removes the oldest non-system messages (an assistant tool call with
-    the results that follow it) and counts them in ``evicted``; ``on_exceed: refuse`` refuses the
-    append with :class:`~memory_engine.errors.MemoryFull`, with nothing written."""
-
-    factor: Annotated[float, Field(ge=1, le=1000)] = DEFAULT_CEILING_FACTOR
-    max_messages: _PositiveInt | None = None
-    max_tokens: _PositiveInt | None = None
-    on_exceed: CeilingAction = CeilingAction.EVICT
-
-    def limits(self, max_tokens: int | None, max_messages: int | None) -> tuple[int, int]:
-        """``(tokens, messages)`` ceilings for a memory with these limits; 0 = no ceiling."""
-
-        def one(explicit: int | None, limit: int | None) -> int:
-            if explicit is not None:
-                return explicit
-            return 0 if limit is None else math.floor(limit * self.factor)
-
-        return one(self.max_tokens, max_tokens), one(self.max_messages, max_messages)
-
-
-# --- archive (issue 16) -----------------------------------------------------------------------
-
-DEFAULT_ARCHIVE_TTL_S: Final[float] = 30 * 24 * 3600.0
-"""How long an archive is kept after its last write, by default (``archive.ttl``)."""
-# A Celery task name as applications write them: dotted Python-like identifiers.
-_TASK_NAME = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$"
-_QUEUE_NAME = r"^[A-Za-z0-9_.:\-]{1,200}$"
-
-
-class ArchiveConfig(_Frozen):
-    """Where removed messages go (``docs/data-protection.md``). ``enabled``: every message a
-    flush, an eviction, the hard ceiling, ``clear()`` or ``replace()`` removes is moved, in the
-    same script, to the memory's archive LIST (its own sliding ``ttl``, 0 = none; at most
-    ``max_messages``, oldest dropped first). ``on_remove_task``: a Celery task (by name) sent
-    ``{"memory_id", "first_seq", "last_seq", "reason"}`` once per committed flush or eviction,
-    on ``on_remove_queue`` (default: Celery's default queue, ``celery``)."""
-
-    enabled: bool = False
-    ttl: Duration = DEFAULT_ARCHIVE_TTL_S
-    max_messages: _PositiveInt | None = None
-    on_remove_task: Annotated[str, Field(pattern=_TASK_NAME, max_length=200)] | None = None
-    on_remove_queue: Annotated[str, Field(pattern=_QUEUE_NAME)] | None = None
-
-    @model_validator(mode="after")
-    def _rules(self) -> ArchiveConfig:
-        problems = _Problems()
-        if not self.enabled:
-            for name in ("ttl", "max_messages"):
-                if name in self.model_fields_set:
-                    problems.add(name, "only used when the archive is enabled", getattr(self, name))
-        if self.on_remove_queue is not None and self.on_remove_task is None:
-            problems.add("on_remove_queue", "only used with on_remove_task", self.on_remove_queue)
-        problems.raise_any(type(self).__name__)
-        return self
-
-    @property
-    def ttl_s(self) -> int:
-        """Archive TTL in whole seconds; 0 = no expiry of its own."""
-        return math.ceil(self.ttl)
-
-
 # --- the resource -----------------------------------------------------------------------------
 
 _TEMPLATE_ENV: Final = SandboxedEnvironment()
@@ -414,7 +329,7 @@ def _version_text(value: object) -> object:
     return value
 
 
-class MemoryResource(_Frozen):
+class MemoryResource(FrozenSection):
     """A validated memory resource. :func:`parse_resource` builds one with a ConfigError."""
 
     resource: Literal["memory"]
@@ -422,10 +337,10 @@ class MemoryResource(_Frozen):
     description: str = ""
     version: Annotated[str | None, BeforeValidator(_version_text)] = None
     type: ResourceType
-    max_tokens: _PositiveInt | None = None
-    max_messages: _PositiveInt | None = None
-    max_context_ratio: _Ratio | None = None
-    model: _Text | None = None
+    max_tokens: PositiveInt | None = None
+    max_messages: PositiveInt | None = None
+    max_context_ratio: Ratio | None = None
+    model: Text | None = None
     token_allocation: TokenAllocation | None = None
     flushing: FlushingConfig = FlushingConfig()
     eviction: EvictionConfig = EvictionConfig()
@@ -434,9 +349,9 @@ class MemoryResource(_Frozen):
     privacy_policy: PrivacyPolicy | None = None
     locking: LockingConfig = LockingConfig()
     token_provider: TokenProviderConfig | None = None
-    default_key_template: _Text | None = None
+    default_key_template: Text | None = None
     archive: ArchiveConfig = ArchiveConfig()
-    subject_template: _Text | None = None
+    subject_template: Text | None = None
     """Jinja2 (the key templates' sandbox) naming the data subject of every memory created, e.g.
     ``"{{ workflow.input.user_id }}"``: memories are indexed by (project, subject hash) for
     export and erasure (``MemoryClient.export_subject`` / ``erase_subject``)."""
@@ -454,7 +369,7 @@ class MemoryResource(_Frozen):
 
     @model_validator(mode="after")
     def _rules(self) -> MemoryResource:
-        problems = _Problems()
+        problems = RuleProblems()
         ratio, window = self.max_context_ratio, self.context_window_tokens
         if ratio is not None and self.max_tokens is not None:
             problems.add("max_context_ratio", "set it or max_tokens, not both", ratio)
@@ -561,7 +476,7 @@ class MemoryResource(_Frozen):
 
     @model_validator(mode="after")
     def _ceiling_above_limits(self) -> MemoryResource:
-        problems = _Problems()
+        problems = RuleProblems()
         limits = {"max_tokens": self.effective_max_tokens, "max_messages": self.max_messages}
         for name, limit in limits.items():
             explicit = getattr(self.ceiling, name)

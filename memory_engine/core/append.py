@@ -87,7 +87,7 @@ class AppendPlan:
     def for_resource(
         cls, resource: MemoryResource, redactor: Redactor, counter: TokenCounter
     ) -> AppendPlan:
-        from memory_engine.resources import CeilingAction
+        from memory_engine.retention import CeilingAction
 
         token_threshold, message_threshold = resource.trigger_thresholds()
         token_ceiling, message_ceiling = resource.ceiling_limits()

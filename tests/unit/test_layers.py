@@ -18,7 +18,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         (
             "memory_engine.errors",
             "memory_engine.breaker_events",
-            "memory_engine.durations",
+            "memory_engine.schema",
+            "memory_engine.retention",
             "memory_engine.encodings",
             "memory_engine.settings",
             "memory_engine.crypto",

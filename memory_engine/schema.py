@@ -1,5 +1,6 @@
-"""Field types the resource schema shares: durations written as ``"30s"`` or ``"1h30m"``, and the
-error shape of a field check (a reason that may quote user text, never a format string)."""
+"""Building blocks of the resource schema: frozen sections that refuse unknown keys, cross-field
+rule problems raised together, durations written as ``"30s"`` or ``"1h30m"``, and the error shape
+of a field check (a reason that may quote user text, never a format string)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,21 @@ import re
 from collections.abc import Callable
 from typing import Annotated, Any, Final
 
-from pydantic import BeforeValidator
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-__all__ = ["Duration", "field_error", "parse_duration", "pydantic_check"]
+__all__ = [
+    "Duration",
+    "FrozenSection",
+    "PositiveInt",
+    "Ratio",
+    "RuleProblems",
+    "Share",
+    "Text",
+    "field_error",
+    "parse_duration",
+    "pydantic_check",
+]
 
 
 def field_error(kind: str, reason: str) -> PydanticCustomError:
@@ -65,3 +77,26 @@ def pydantic_check(kind: str, check: Callable[[Any], Any]) -> Callable[[Any], An
 
 Duration = Annotated[float, BeforeValidator(pydantic_check("duration", parse_duration))]
 """Seconds as ``float``; accepts numbers or strings like ``"30s"``, ``"1h30m"``, ``"500ms"``."""
+
+
+class RuleProblems(list[InitErrorDetails]):
+    # Cross-field rule violations, raised together. pydantic nests a ValidationError raised in a
+    # validator under that model's location, so each keeps its own path (flushing.summary_tokens).
+
+    def add(self, path: str, reason: str, value: object = None) -> None:
+        loc = tuple(path.split(".")) if path else ()
+        self.append(InitErrorDetails(type=field_error("rule", reason), loc=loc, input=value))
+
+    def raise_any(self, title: str) -> None:
+        if self:
+            raise ValidationError.from_exception_data(title, self)
+
+
+class FrozenSection(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Ratio = Annotated[float, Field(strict=True, gt=0, le=1)]
+Share = Annotated[float, Field(strict=True, ge=0, le=1)]
+PositiveInt = Annotated[int, Field(strict=True, gt=0)]
+Text = Annotated[str, Field(min_length=1)]
