@@ -20,6 +20,7 @@ import shlex
 import tomllib
 from pathlib import Path
 from typing import Any, get_args
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -318,7 +319,12 @@ def test_monitoring_profile_runs_prometheus_and_grafana_on_loopback() -> None:
         assert SERVICES[name]["ports"] == [f"127.0.0.1:{port}:{port}"], name
         assert str(SERVICES[name]["image"]).split(":")[1] not in ("", "latest"), "pinned image"
     # Everything else runs without the profile.
-    assert {n for n, s in SERVICES.items() if s.get("profiles")} == {*MONITORING, "rabbitmq"}
+    assert {n for n, s in SERVICES.items() if s.get("profiles")} == {
+        *MONITORING,
+        "rabbitmq",
+        *CLUSTER_NODES,
+        "redis-cluster-create",
+    }
     assert "prometheus" in (SERVICES["grafana"].get("depends_on") or [])
 
 
@@ -433,6 +439,111 @@ def test_rabbitmq_profile_points_every_app_service_at_rabbitmq(name: str) -> Non
     # Without the profile nothing changes: the Redis broker on DB 1.
     assert settings_for(name).broker_dsn() == "redis://:redis-pw@redis:6379/1"
     assert settings_for(name).broker_queue_type == "classic"
+
+
+# ---- profile `cluster`: memory data on a 3-master Redis Cluster, Celery's side on `redis` -------
+
+CLUSTER_NODES = ("redis-node-1", "redis-node-2", "redis-node-3")
+CLUSTER_ENV = {
+    **SHELL_ENV,
+    "REDIS_MODE": "cluster",
+    "DATA_REDIS_URL": "redis://:redis-pw@redis-node-1:6379/0",
+}
+"""What the compose header tells an operator to export for the profile."""
+
+
+def command_text(name: str, shell: dict[str, str] = SHELL_ENV) -> str:
+    command = SERVICES[name]["command"]
+    return interpolate(command if isinstance(command, str) else " ".join(command), shell)
+
+
+@pytest.mark.parametrize("name", CLUSTER_NODES)
+def test_cluster_profile_nodes_are_cluster_enabled_persistent_and_password_protected(
+    name: str,
+) -> None:
+    node = SERVICES[name]
+    assert node["profiles"] == ["cluster"]
+    assert (
+        str(node["image"]).split(":")[0] == "redis" and str(node["image"]).split(":")[1][0] == "7"
+    )
+    command = command_text(name)
+    for setting in (
+        "--cluster-enabled yes",
+        "--appendonly yes",
+        "--maxmemory-policy noeviction",
+        '--requirepass "$REDIS_PASSWORD"',
+        '--masterauth "$REDIS_PASSWORD"',
+        '--cluster-announce-hostname "$NODE_NAME"',
+    ):
+        assert setting in command, f"{name}: {setting}"
+    env = service_env(name)
+    assert env["NODE_NAME"] == name, "each node announces its own service name"
+    assert env["REDIS_PASSWORD"] == "redis-pw"
+    with pytest.raises(KeyError, match="REDIS_PASSWORD"):
+        service_env(name, shell={})
+    [volume] = node["volumes"]
+    assert volume == f"{name}-data:/data", "each node has its own data volume"
+    assert f"{name}-data" in COMPOSE["volumes"]
+    assert "ping" in healthcheck_text(name) and "REDISCLI_AUTH" in healthcheck_text(name)
+
+
+def test_cluster_profile_creates_the_cluster_once_the_nodes_are_healthy() -> None:
+    create = SERVICES["redis-cluster-create"]
+    assert create["profiles"] == ["cluster"]
+    assert create["depends_on"] == {n: {"condition": "service_healthy"} for n in CLUSTER_NODES}
+    assert create["restart"] == "no", "a one-shot job"
+    command = command_text("redis-cluster-create")
+    assert "redis-cli --cluster create" in command and "--cluster-yes" in command
+    assert "--cluster-replicas 0" in command
+    for node in CLUSTER_NODES:
+        assert f"getent hosts {node} " in command, f"{node} is one of the masters"
+    # A second run finds the cluster formed and leaves it alone.
+    assert command.index("cluster_state:ok") < command.index("--cluster create")
+    assert "cluster_state:ok" in healthcheck_text("redis-cluster-create")
+    assert service_env("redis-cluster-create")["REDIS_PASSWORD"] == "redis-pw"
+    header = (ROOT / "docker-compose.yml").read_text().split("\nname:")[0]
+    for variable in ("REDIS_MODE=cluster", "DATA_REDIS_URL", "--profile cluster"):
+        assert variable in header, f"the header documents {variable}"
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_cluster_profile_points_app_services_at_the_cluster_and_celery_at_redis(
+    name: str,
+) -> None:
+    from config.celery import check_broker_side
+
+    fields = {
+        k[len("MEMORY_") :].lower(): v
+        for k, v in service_env(name, CLUSTER_ENV).items()
+        if k.startswith("MEMORY_")
+    }
+    settings = Settings.model_validate(fields)
+    assert settings.redis_mode == "cluster"
+    assert settings.redis_dsn() == "redis://:redis-pw@redis-node-1:6379/0"
+    assert urlsplit(settings.redis_dsn()).hostname in CLUSTER_NODES
+    # The broker, results and RedBeat are named explicitly, on the standalone `redis`.
+    for variable in ("BROKER_URL", "RESULT_BACKEND_URL", "BEAT_REDIS_URL"):
+        assert fields[variable.lower()] == "redis://:redis-pw@redis:6379/1", variable
+    check_broker_side(settings)  # config/celery.py accepts the combination
+    dependency = SERVICES[name]["depends_on"]["redis-cluster-create"]
+    assert dependency == {"condition": "service_completed_successfully", "required": False}
+    # Without the profile's variables: standalone data on `redis` DB 0.
+    plain = settings_for(name)
+    assert plain.redis_mode == "standalone"
+    assert plain.redis_dsn() == "redis://:redis-pw@redis:6379/0"
+
+
+def test_cluster_profile_without_explicit_celery_urls_is_refused() -> None:
+    """What the explicit URLs prevent: a Cluster data store as Celery's default Redis."""
+    from config.celery import check_broker_side
+
+    from memory_engine.errors import ConfigError
+
+    settings = Settings.model_validate(
+        {"redis_mode": "cluster", "redis_url": CLUSTER_ENV["DATA_REDIS_URL"]}
+    )
+    with pytest.raises(ConfigError, match="MEMORY_BROKER_URL"):
+        check_broker_side(settings)
 
 
 def test_beat_health_check_pings_redbeats_store_not_the_broker() -> None:
