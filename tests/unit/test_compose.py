@@ -9,7 +9,10 @@ real: every Prometheus target is a service serving that port (every worker sets
 ``MEMORY_METRICS_PORT``, Flower's ``/metrics`` is scraped) and Grafana's mounted provisioning
 files exist and point at Prometheus and the dashboard (whose metric names
 tests/unit/test_dashboard.py
-checks against the code).
+checks against the code). The ``rabbitmq`` and ``cluster`` profiles switch every app service by
+the variables the file's header tells an operator to export (``BROKER_URL``; ``REDIS_MODE`` and
+``DATA_REDIS_URL``), and the ``cluster`` profile's nodes are cluster-enabled with a one-shot job
+creating the cluster once they are healthy.
 """
 
 from __future__ import annotations
@@ -536,7 +539,6 @@ def test_cluster_profile_points_app_services_at_the_cluster_and_celery_at_redis(
 def test_cluster_profile_without_explicit_celery_urls_is_refused() -> None:
     """What the explicit URLs prevent: a Cluster data store as Celery's default Redis."""
     from config.celery import check_broker_side
-
     from memory_engine.errors import ConfigError
 
     settings = Settings.model_validate(
