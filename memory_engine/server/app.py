@@ -19,7 +19,7 @@ from typing import Annotated, Any
 
 from fastapi import Body, FastAPI, Path, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPBearer
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -31,12 +31,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from memory_engine import metrics
 from memory_engine.aio import AsyncMemoryClient
 from memory_engine.core.plans import FlushResult
+from memory_engine.core.subjects import ErasureReport
 from memory_engine.errors import MemoryEngineError
 from memory_engine.messages import AppendResult, MemoryStats, Message, Page
 from memory_engine.server.auth import ApiKeys
 from memory_engine.server.errors import error_body, status_and_body
 from memory_engine.server.gate import Gate
-from memory_engine.server.service import MemoryService
+from memory_engine.server.service import SUBJECT_MAX_CHARS, MemoryService
 from memory_engine.settings import Settings, load_settings
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "create_app"]
@@ -66,6 +67,16 @@ class FlushBody(BaseModel):
 class ResolveBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     context: dict[str, Any] = Field(default_factory=dict)
+
+
+class SubjectBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    subject: str = Field(
+        min_length=1,
+        max_length=SUBJECT_MAX_CHARS,
+        description="The data subject, as the resource's subject_template renders it (e.g. a "
+        "user id). In the body, never the path: paths reach access logs.",
+    )
 
 
 class ResolveResult(BaseModel):
@@ -109,7 +120,7 @@ class ErrorBody(BaseModel):
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422, 503)
+    code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422, 501, 503)
 }
 
 # ---- the app ----------------------------------------------------------------------------------
@@ -348,6 +359,38 @@ def create_app(
     ) -> Response:
         await service().delete(project, resource_id, key)
         return _json(DeleteResult(deleted=True))
+
+    @api.get(
+        f"{m}/archive",
+        response_model=Page,
+        summary="Read a page of the archive (what compaction, clear, replace removed)",
+    )
+    async def read_archive(
+        resource_id: str = RID,
+        key: str = KEY,
+        offset: int = Query(0, ge=0),
+        limit: int = Query(50, ge=1),
+        project: str = Security(_project),
+    ) -> Response:
+        return _json(await service().read_archive(project, resource_id, key, offset, limit))
+
+    @api.post(
+        "/v1/subjects/export",
+        response_class=StreamingResponse,
+        responses={200: {"content": {"application/x-ndjson": {}}}},
+        summary="Export the data subject's memories in the token's project (JSON Lines)",
+    )
+    async def export_subject(body: SubjectBody, project: str = Security(_project)) -> Response:
+        lines = await service().export_subject(project, body.subject)
+        return StreamingResponse(lines, media_type="application/x-ndjson")
+
+    @api.post(
+        "/v1/subjects/erase",
+        response_model=ErasureReport,
+        summary="Erase every memory of the data subject in the token's project",
+    )
+    async def erase_subject(body: SubjectBody, project: str = Security(_project)) -> Response:
+        return _json(await service().erase_subject(project, body.subject))
 
     @api.post(
         "/v1/resources/{resource_id}/resolve",

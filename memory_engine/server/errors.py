@@ -17,6 +17,7 @@ from memory_engine.errors import (
     KeyTemplateError,
     LockError,
     MemoryEngineError,
+    MemoryErased,
     MemoryFull,
     MessageValidationError,
     ResourceMismatch,
@@ -30,6 +31,7 @@ __all__ = [
     "HTTPError",
     "MemoryNotFound",
     "ProjectMismatch",
+    "SubjectsNotConfigured",
     "Unauthorized",
     "error_body",
     "status_and_body",
@@ -68,6 +70,13 @@ class BodyTooLarge(HTTPError):
     status = 413
 
 
+class SubjectsNotConfigured(HTTPError):
+    """Subject export or erasure on a server without ``MEMORY_SUBJECT_SALT``: no subject can be
+    looked up, and none was ever indexed. A deployment choice, not a fault: retrying is useless."""
+
+    status = 501
+
+
 class InvalidJSON(HTTPError):
     """The request body is not JSON (or is nested deeper than the parser goes)."""
 
@@ -80,6 +89,7 @@ _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (ResourceNotFound, 404),
     (KeyTemplateError, 400),
     (MemoryFull, 409),  # the memory is at its hard ceiling: retry after a flush
+    (MemoryErased, 409),  # its data subject was just erased: refused for the tombstone's life
     (MessageValidationError, 422),
     (ResourceMismatch, 409),
     (FlushAlreadyRunning, 409),

@@ -6,26 +6,39 @@ No path or body value can name another project: the project id has no ``:``, so 
 holds (``..``, ``other:key``, an encoded separator once decoded) stays inside the token's
 namespace. Keys are checked with the rules rendered keys follow, plus the HTTP path's own: no
 empty, ``.`` or ``..`` segment, and a last segment that is not one of the API's verbs.
+
+Data subjects (export, erasure) are scoped the same way: the subject is looked up in the token's
+project only, so the same subject string in another project is neither exported nor erased.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from memory_engine.aio import AsyncMemory, AsyncMemoryClient
 from memory_engine.core.plans import FlushResult, FlushStatus
+from memory_engine.core.subjects import ErasureReport
 from memory_engine.errors import FlushAlreadyRunning, KeyTemplateError
-from memory_engine.keys import memory_id_for, render_key, validate_key
+from memory_engine.keys import KEY_MAX_LENGTH, memory_id_for, render_key, validate_key
 from memory_engine.messages import AppendResult, MemoryStats, Message, Page
-from memory_engine.server.errors import MemoryNotFound, ProjectMismatch
+from memory_engine.server.errors import MemoryNotFound, ProjectMismatch, SubjectsNotConfigured
 from memory_engine.server.tracing import set_attributes, span
 
-__all__ = ["RESERVED_LAST_SEGMENTS", "MemoryService", "check_http_key"]
+__all__ = ["RESERVED_LAST_SEGMENTS", "SUBJECT_MAX_CHARS", "MemoryService", "check_http_key"]
 
-RESERVED_LAST_SEGMENTS = frozenset({"messages", "stats", "context", "flush"})
+RESERVED_LAST_SEGMENTS = frozenset({"messages", "stats", "context", "flush", "archive"})
 """A key cannot end with one of these segments: ``/v1/memories/r/a/messages`` must mean key
 ``a``'s messages, never key ``a/messages``."""
+
+SUBJECT_MAX_CHARS = KEY_MAX_LENGTH
+"""Longest data subject the API accepts in a body: the longest the engine hashes (a subject is
+an identifier, e.g. a user id; only its salted hash is ever stored)."""
+
+
+def _json_line(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
 
 
 def check_http_key(key: str) -> str:
@@ -125,6 +138,52 @@ class MemoryService:
         if result.status == FlushStatus.ALREADY_RUNNING:
             raise FlushAlreadyRunning(f"a flush of memory {memory.key!a} is already running")
         return result
+
+    async def read_archive(
+        self, project: str, resource_id: str, key: str, offset: int, limit: int
+    ) -> Page:
+        """The memory's archive (what compaction, clear and replace removed), oldest first; 404
+        when neither the memory nor an archive of it exists."""
+        memory = self.memory(project, resource_id, key)
+        page = await memory.read_archive(offset, limit)
+        if page.total == 0:
+            await self._existing_stats(memory)
+        return page
+
+    def _require_subject_salt(self) -> None:
+        # Checked here so that the API answers with its own typed error: the engine's
+        # ConfigError is a server fault (500), and this one is a deployment choice.
+        if self.client.settings.subject_salt is None:
+            raise SubjectsNotConfigured(
+                "data subjects are not enabled on this server (MEMORY_SUBJECT_SALT is not set)"
+            )
+
+    async def export_subject(self, project: str, subject: str) -> AsyncIterator[bytes]:
+        """The subject's memories in the token's project as JSON Lines (one memory a line).
+
+        The first memory is read before this returns, so that an error (store down, no salt)
+        is still an error status; an error after it ends the stream early."""
+        self._require_subject_salt()
+        records = self.client.export_subject(subject, project)
+        with span("memory.subject_export", memory__project=project):
+            first = await anext(records, None)
+
+        async def lines() -> AsyncIterator[bytes]:
+            if first is None:
+                return
+            yield _json_line(first)
+            async for record in records:
+                yield _json_line(record)
+
+        return lines()
+
+    async def erase_subject(self, project: str, subject: str) -> ErasureReport:
+        """Erase every memory of the subject in the token's project (and only there)."""
+        self._require_subject_salt()
+        with span("memory.subject_erase", memory__project=project) as current:
+            report = await self.client.erase_subject(subject, project)
+            set_attributes(current, memory__erased=report.memories)
+            return report
 
     def resolve(self, project: str, resource_id: str, context: dict[str, Any]) -> str:
         """Render ``resource_id``'s key template in ``context`` with the token's project (the

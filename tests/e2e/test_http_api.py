@@ -21,7 +21,9 @@ import pytest
 
 from memory_engine.client import MemoryClient
 from memory_engine.keys import memory_id_for
+from memory_engine.settings import default_resources_dir
 from memory_engine.tooling.embedded_redis import EmbeddedRedis, free_port
+from tests.builders import fifo, resource_yaml
 from tests.integration.accounting import Ledger, assert_all_accounted
 from tests.integration.procs import ServiceProcess, memory_env, settings_from_env
 
@@ -33,6 +35,14 @@ TOKEN_B = "token-of-beta-0123456789"
 A = {"authorization": f"Bearer {TOKEN_A}"}
 B = {"authorization": f"Bearer {TOKEN_B}"}
 RES = "chat-window"  # a packaged resource (max_messages 50)
+SUBJ = "subjects"  # indexed by data subject, archive on (written next to the packaged ones)
+SUBJECT_RESOURCE = resource_yaml(
+    SUBJ,
+    max_messages=50,
+    flushing=fifo(),
+    archive={"enabled": True, "ttl": "1h"},
+    subject_template="{{ workflow.input.user }}",
+)
 CLI = str(Path(sys.executable).parent / "memory-engine")
 
 
@@ -49,12 +59,19 @@ class Server:
         self.redis = EmbeddedRedis(port=free_port())
         self.redis.start()
         self.port = free_port()
+        resources = tmp / "resources"
+        resources.mkdir()
+        for packaged in default_resources_dir().glob("*.yaml"):
+            (resources / packaged.name).write_text(packaged.read_text())
+        (resources / "subjects.yaml").write_text(SUBJECT_RESOURCE)
         self.env = {
             **memory_env(
                 redis_url=self.redis.url,
                 key_prefix="http",
                 socket_timeout_s=1.0,
                 socket_connect_timeout_s=1.0,
+                resources_dir=resources,
+                subject_salt="e2e-salt-not-secret",
             ),
             "MEMORY_API_KEYS": f"acme:{TOKEN_A},beta:{TOKEN_B}",
         }
@@ -225,7 +242,19 @@ def test_a_token_never_reaches_another_projects_memory(server: Server, http: htt
 
 
 @pytest.mark.parametrize(
-    "key", ["..", "a/../b", "a//b", "a/messages", "{tag}", "has space", "__x", "a::b", "x" * 300]
+    "key",
+    [
+        "..",
+        "a/../b",
+        "a//b",
+        "a/messages",
+        "a/archive",
+        "{tag}",
+        "has space",
+        "__x",
+        "a::b",
+        "x" * 300,
+    ],
 )
 def test_keys_outside_the_rules_are_refused(http: httpx.Client, key: str) -> None:
     r = http.get(httpx.URL(f"/v1/memories/{RES}/{key}/stats"), headers=A)
@@ -385,6 +414,94 @@ def test_mcp_over_stdio(server: Server) -> None:
     asyncio.run(main())
     with server.client() as client:
         assert client.memory_by_id("gamma:conv:mcp", RES).stats().last_seq == 1
+
+
+# ---- data subjects and the archive --------------------------------------------------------------
+
+
+def subject_ctx(user: str, conv: str, project: str) -> dict[str, Any]:
+    return {"project": {"id": project}, "workflow": {"input": {"user": user, "conv": conv}}}
+
+
+def export_lines(http: httpx.Client, subject: str, headers: dict[str, str]) -> list[dict[str, Any]]:
+    body = {"subject": subject}
+    with http.stream("POST", "/v1/subjects/export", json=body, headers=headers) as r:
+        assert r.status_code == 200, r.read()
+        assert r.headers["content-type"].startswith("application/x-ndjson")
+        return [json.loads(line) for line in r.iter_lines() if line]
+
+
+def test_subject_export_and_erasure_stay_in_the_tokens_project(
+    server: Server, http: httpx.Client
+) -> None:
+    with server.client() as client:  # an application writes through the library
+        for project in ("acme", "beta"):
+            for conv in ("c0", "c1"):
+                memory = client.memory(SUBJ, subject_ctx("user-17", conv, project))
+                memory.append_many(
+                    [{"role": "user", "content": f"{project}-{conv}-{i}"} for i in range(3)]
+                )
+        bystander = client.memory(SUBJ, subject_ctx("user-18", "c9", "acme"))
+        bystander.append({"role": "user", "content": "not user-17"})
+
+    exported = export_lines(http, "user-17", A)
+    assert sorted(r["memory_id"] for r in exported) == ["acme:subjects:c0", "acme:subjects:c1"]
+    for record in exported:
+        conv = record["memory_id"].rsplit(":", 1)[1]
+        assert [m["content"] for m in record["messages"]] == [f"acme-{conv}-{i}" for i in range(3)]
+        assert record["resource_id"] == SUBJ
+    assert len(export_lines(http, "user-17", B)) == 2
+    assert export_lines(http, "nobody", A) == []
+
+    r = http.post("/v1/subjects/erase", json={"subject": "user-17"}, headers=A)
+    assert r.status_code == 200, r.text
+    report = r.json()
+    assert report["memories"] == 2 and report["project_id"] == "acme" and report["keys_deleted"] > 0
+    assert "user-17" not in r.text  # the report holds the subject's hash, never the subject
+
+    assert export_lines(http, "user-17", A) == []
+    for conv in ("c0", "c1"):  # the same subject in project beta is untouched
+        page = http.get(f"/v1/memories/{SUBJ}/subjects:{conv}/messages", headers=B).json()
+        assert [m["content"] for m in page["messages"]] == [f"beta-{conv}-{i}" for i in range(3)]
+    assert len(export_lines(http, "user-17", B)) == 2
+    page = http.get(f"/v1/memories/{SUBJ}/subjects:c9/messages", headers=A).json()
+    assert [m["content"] for m in page["messages"]] == ["not user-17"]
+    # For the tombstone's life, an erased memory refuses appends (typed, not a 500).
+    late = http.post(f"/v1/memories/{SUBJ}/subjects:c0/messages", json=messages("x"), headers=A)
+    assert_error(late, 409, "MemoryErased")
+
+
+def test_the_archive_returns_what_a_clear_removed(http: httpx.Client) -> None:
+    base = f"/v1/memories/{SUBJ}/conv:archived"
+    assert http.post(f"{base}/messages", json=messages("a", "b", "c"), headers=A).status_code == 200
+    assert http.delete(f"{base}/messages", headers=A).json() == {"cleared": 3}
+    page = http.get(f"{base}/archive", headers=A).json()
+    assert page["total"] == 3
+    assert [(m["seq"], m["content"]) for m in page["messages"]] == [(1, "a"), (2, "b"), (3, "c")]
+    page = http.get(f"{base}/archive", params={"offset": 1, "limit": 1}, headers=A).json()
+    assert [m["content"] for m in page["messages"]] == ["b"] and page["total"] == 3
+    assert http.get(f"{base}/messages", headers=A).json()["total"] == 0
+    # Another project's token names another memory, which does not exist.
+    assert_error(http.get(f"{base}/archive", headers=B), 404, "MemoryNotFound")
+    assert_error(http.get(f"{base}/archive", params={"limit": 0}, headers=A), 422)
+    # A resource without an archive: an existing memory's archive is empty.
+    other = f"/v1/memories/{RES}/conv:no-archive"
+    assert http.post(f"{other}/messages", json=messages("x"), headers=A).status_code == 200
+    assert http.get(f"{other}/archive", headers=A).json()["total"] == 0
+
+
+def test_subject_bodies_are_bounded_and_authenticated(http: httpx.Client) -> None:
+    for path in ("/v1/subjects/export", "/v1/subjects/erase"):
+        for body in ({"subject": "x" * 257}, {"subject": ""}, {"subject": 17}, {}):
+            assert_error(http.post(path, json=body, headers=A), 422, "RequestValidationError")
+        extra = {"subject": "user-17", "project_id": "beta"}  # the project is the token's
+        assert_error(http.post(path, json=extra, headers=A), 422, "RequestValidationError")
+        blank = http.post(path, json={"subject": "   "}, headers=A)
+        assert_error(blank, 400, "KeyTemplateError")
+        r = http.post(path, json={"subject": "user-17"})
+        assert_error(r, 401, "Unauthorized")
+    assert http.post("/v1/subjects/export", json={"subject": "x" * 256}, headers=A).text == ""
+    assert_error(http.get(f"/v1/memories/{SUBJ}/conv:archived/archive"), 401, "Unauthorized")
 
 
 # ---- Redis down ---------------------------------------------------------------------------------
