@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from memory_engine.core.context import SUMMARY_TAG
 from memory_engine.tooling.demo import CONTEXT_PREVIEW_CHARS, DemoHooks, DemoReport
 
 __all__ = ["render_report", "rich_hooks"]
@@ -84,6 +85,8 @@ def render_report(report: DemoReport, console: Any) -> None:
             names = ", ".join(str(c.get("function", {}).get("name")) for c in message.tool_calls)
             content = f"[tool call: {names}]"
         label = "summary" if message.metadata.get("summary") else message.role.value
+        if label == "summary":  # preview what was summarized, not the notice that quotes it
+            content = content.split(f"<{SUMMARY_TAG}>", 1)[-1].strip()
         window.add_row(label, str(message.token_count), Text(content[:CONTEXT_PREVIEW_CHARS]))
     console.print(window)
     pids = ", ".join(f"{name} {pids}" for name, pids in report.services.get("pids", {}).items())
