@@ -43,7 +43,8 @@ class FlushTask(EngineTask):
             try:
                 client = engine_client()
                 client.store.clear_flush_marker(client.keyspace.memory(memory_id))
-                log.error("flush of %s failed for good (%s); marker released", memory_id, exc)
+                # %a: an exception's text may carry newlines that would forge log lines.
+                log.error("flush of %s failed for good (%a); marker released", memory_id, exc)
             except Exception:
                 log.exception("could not release flush marker of %s", memory_id)
 

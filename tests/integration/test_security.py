@@ -451,3 +451,22 @@ def test_a_task_with_an_invalid_memory_id_is_refused_without_forging_a_log_line(
     assert not [
         k for k in written if "forged" in k or k.startswith(f"{engine.keyspace.prefix}:{{:x")
     ]
+
+
+def test_a_failed_flush_log_line_cannot_be_forged_by_the_exception_text(
+    client: MemoryClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The failure handler quotes the exception: its text cannot start a log line of its own."""
+    from tasks.flush import FlushTask
+    from tasks.runtime import reset_engine_client
+
+    reset_engine_client(client)
+    try:
+        with caplog.at_level(logging.ERROR, logger="tasks.flush"):
+            FlushTask().on_failure(
+                RuntimeError("boom\nERROR forged line"), "t1", (), {"memory_id": "acme:k1"}, None
+            )
+    finally:
+        reset_engine_client(None)
+    lines = [r.getMessage() for r in caplog.records if r.name == "tasks.flush"]
+    assert lines and all("\n" not in line for line in lines), lines
