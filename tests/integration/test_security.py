@@ -457,16 +457,17 @@ def test_a_failed_flush_log_line_cannot_be_forged_by_the_exception_text(
     client: MemoryClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The failure handler quotes the exception: its text cannot start a log line of its own."""
+    from tasks import runtime
     from tasks.flush import FlushTask
-    from tasks.runtime import reset_engine_client
 
-    reset_engine_client(client)
+    previous = runtime._state["client"]  # the in-process worker's, when it runs: put it back
+    runtime.reset_engine_client(client)
     try:
         with caplog.at_level(logging.ERROR, logger="tasks.flush"):
             FlushTask().on_failure(
                 RuntimeError("boom\nERROR forged line"), "t1", (), {"memory_id": "acme:k1"}, None
             )
     finally:
-        reset_engine_client(None)
+        runtime.reset_engine_client(previous)
     lines = [r.getMessage() for r in caplog.records if r.name == "tasks.flush"]
     assert lines and all("\n" not in line for line in lines), lines
