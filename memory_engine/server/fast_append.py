@@ -32,9 +32,10 @@ _JSON_HEADERS = (b"content-type", b"application/json")
 
 
 def _is_json_content_type(value: bytes | None) -> bool:
-    """FastAPI's rule: no content type, or ``application/json`` / ``application/*+json``."""
+    """FastAPI's rule (strict content type, its default): ``application/json`` or
+    ``application/*+json``; a body without a content type is not read as JSON."""
     if value is None:
-        return True
+        return False
     media = value.split(b";", 1)[0].strip().lower()
     if not media.startswith(b"application/"):
         return False
