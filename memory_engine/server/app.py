@@ -4,7 +4,9 @@ docs/openapi.json the contract (a test keeps it equal to :func:`create_app`'s).
 One pure-ASGI middleware (:class:`Gate`) sits in front of everything: it bounds the request
 body (counting the bytes of the body stream, 413 before any parsing), authenticates ``/v1`` and
 ``/mcp`` (401, no detail), records the request's span (when tracing is on) and metrics, and hands
-``/mcp`` to the MCP server's streamable HTTP app. Routes return ready :class:`JSONResponse`
+``/mcp`` to the MCP server's streamable HTTP app. Behind it, :class:`FastAppend` answers the
+append (``POST .../messages``, the hot path) in plain ASGI; its FastAPI route documents it and
+answers the bodies the fast path does not take. Routes return ready :class:`JSONResponse`
 objects: the response models document the API, and are not validated again per request.
 """
 
@@ -36,6 +38,7 @@ from memory_engine.errors import MemoryEngineError
 from memory_engine.messages import AppendResult, MemoryStats, Message, Page
 from memory_engine.server.auth import ApiKeys
 from memory_engine.server.errors import error_body, status_and_body
+from memory_engine.server.fast_append import FastAppend
 from memory_engine.server.gate import Gate
 from memory_engine.server.service import SUBJECT_MAX_CHARS, MemoryService
 from memory_engine.settings import Settings, load_settings
@@ -439,8 +442,9 @@ def create_app(
     async def metrics_endpoint() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    append_route = next(r for r in api.routes if getattr(r, "endpoint", None) is append_messages)
     gate = Gate(
-        api,
+        FastAppend(api, append_route, service),
         keys=keys,
         max_body_bytes=max_body_bytes,
         mcp_app=mcp_app,
