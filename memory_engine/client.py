@@ -314,17 +314,8 @@ class Memory:
         outcome = client.store.append(
             self.keys,
             pending,
-            resource_id=self.resource.id,
-            ttl_s=plan.ttl_s,
-            token_threshold=plan.token_threshold,
-            message_threshold=plan.message_threshold,
-            marker_ttl_s=client.settings.flush_marker_ttl_s,
-            tracks_use=plan.tracks_use,
-            token_ceiling=plan.token_ceiling,
-            message_ceiling=plan.message_ceiling,
-            refuse_over_ceiling=plan.refuse_over_ceiling,
-            archive=plan.archive,
             subject_index=self.subject_index,
+            **plan.store_options(client.settings.flush_marker_ttl_s),
         )
         flush_requested = False
         if outcome.flush_requested:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Required, TypedDict
 
 from memory_engine.errors import MemoryErased, MemoryFull, MessageValidationError
 from memory_engine.messages import AppendResult, Message, coerce_message
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from memory_engine.tokens import TokenCounter
 
 __all__ = [
+    "AppendOptions",
     "AppendOutcome",
     "AppendPlan",
     "BatchLimits",
@@ -82,6 +83,21 @@ class AppendPlan:
     message_ceiling: int
     refuse_over_ceiling: bool
     archive: str = ""  # archive_argument(resource): '' = off
+
+    def store_options(self, marker_ttl_s: int) -> AppendOptions:
+        """The keyword arguments of ``MemoryStore.append`` / ``AsyncMemoryStore.append``."""
+        return AppendOptions(
+            resource_id=self.resource.id,
+            ttl_s=self.ttl_s,
+            token_threshold=self.token_threshold,
+            message_threshold=self.message_threshold,
+            marker_ttl_s=marker_ttl_s,
+            tracks_use=self.tracks_use,
+            token_ceiling=self.token_ceiling,
+            message_ceiling=self.message_ceiling,
+            refuse_over_ceiling=self.refuse_over_ceiling,
+            archive=self.archive,
+        )
 
     @classmethod
     def for_resource(
@@ -231,6 +247,23 @@ class ScriptArguments(NamedTuple):
     message_tokens: int
 
 
+class AppendOptions(TypedDict, total=False):
+    """What an append's script needs besides its messages: the resource's limits, thresholds,
+    TTL and archive setting. ``AppendPlan.store_options`` builds it; both stores take it as
+    keyword arguments and hand it to :func:`script_arguments`."""
+
+    resource_id: Required[str]
+    ttl_s: Required[int]
+    token_threshold: Required[int]
+    message_threshold: Required[int]
+    marker_ttl_s: Required[int]
+    tracks_use: bool
+    token_ceiling: int
+    message_ceiling: int
+    refuse_over_ceiling: bool
+    archive: str
+
+
 def script_arguments(
     keys: MemoryKeys,
     messages: Sequence[PendingMessage],
@@ -240,10 +273,10 @@ def script_arguments(
     token_threshold: int,
     message_threshold: int,
     marker_ttl_s: int,
-    tracks_use: bool,
-    token_ceiling: int,
-    message_ceiling: int,
-    refuse_over_ceiling: bool,
+    tracks_use: bool = False,
+    token_ceiling: int = 0,
+    message_ceiling: int = 0,
+    refuse_over_ceiling: bool = False,
     now: float,
     archive: str = "",
 ) -> ScriptArguments:

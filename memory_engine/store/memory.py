@@ -36,11 +36,12 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 from redis import exceptions as redis_errors
 
 from memory_engine.core.append import (
+    AppendOptions,
     AppendOutcome,
     PendingMessage,
     decode_reply,
@@ -174,18 +175,9 @@ class MemoryStore(MemoryReads):
         keys: MemoryKeys,
         messages: Sequence[PendingMessage],
         *,
-        resource_id: str,
-        ttl_s: int,
-        token_threshold: int,
-        message_threshold: int,
-        marker_ttl_s: int,
-        tracks_use: bool = False,
-        token_ceiling: int = 0,
-        message_ceiling: int = 0,
-        refuse_over_ceiling: bool = False,
         now: float | None = None,
-        archive: str = "",
         subject_index: str | None = None,
+        **options: Unpack[AppendOptions],
     ) -> AppendOutcome:
         """Append atomically (all or none) in one round trip; index the memory when due.
 
@@ -207,21 +199,8 @@ class MemoryStore(MemoryReads):
         deleted and written again within the refresh interval) does a second round trip follow.
         """
         now = time.time() if now is None else now
-        arguments = script_arguments(
-            keys,
-            messages,
-            resource_id=resource_id,
-            ttl_s=ttl_s,
-            token_threshold=token_threshold,
-            message_threshold=message_threshold,
-            marker_ttl_s=marker_ttl_s,
-            tracks_use=tracks_use,
-            token_ceiling=token_ceiling,
-            message_ceiling=message_ceiling,
-            refuse_over_ceiling=refuse_over_ceiling,
-            now=now,
-            archive=archive,
-        )
+        arguments = script_arguments(keys, messages, now=now, **options)
+        ttl_s = options["ttl_s"]
         script_keys, static, dynamic = arguments.keys, arguments.static, arguments.dynamic
         memory_id = keys.memory_id
         index_due = self._index_memo.due(memory_id, now, ttl_s)
