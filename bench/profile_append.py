@@ -28,7 +28,7 @@ from common import (
     redis_server,
 )
 
-from memory_engine.client import _check_message
+from memory_engine.core.append import check_message
 from memory_engine.messages import AppendResult, coerce_message
 
 PROFILE_APPENDS = 5_000
@@ -121,7 +121,7 @@ def main() -> None:
                 "  _prepare([1 msg]) plain": lambda: plain._prepare([texts.message()]),
                 "  _prepare([1 msg]) +redact": lambda: redact._prepare([texts.message()]),
                 "    coerce_message (pydantic)": lambda: coerce_message(texts.message()),
-                "    _check_message": lambda: _check_message(message, 0, 65536),
+                "    _check_message": lambda: check_message(message, 0, 65536),
                 "    count_text (unique 150 chars)": lambda: counter.count_text(texts.next()),
                 "    encode_ordinary alone": lambda: counter._encoding.encode_ordinary(
                     texts.next()
