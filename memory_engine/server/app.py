@@ -423,7 +423,7 @@ def create_app(
     async def readyz() -> JSONResponse:
         active: AsyncMemoryClient = state["client"]
         try:
-            redis_ok = bool(await asyncio.wait_for(active.redis.ping(), READY_TIMEOUT_S))
+            redis_ok = await asyncio.wait_for(active.store.ping(), READY_TIMEOUT_S)
         except Exception:  # not ready, whatever the reason; details go to the log only
             log.warning("readyz: redis unreachable", exc_info=True)
             redis_ok = False

@@ -94,6 +94,10 @@ class AsyncMemoryStore:
 
     # ---- plumbing ----------------------------------------------------------------------
 
+    async def ping(self) -> bool:
+        """One ``PING`` (readiness checks); redis-py's error when Redis does not answer."""
+        return bool(await self.redis.ping())
+
     async def _load_scripts(self) -> None:
         for name in _SCRIPT_NAMES:
             self._shas[name] = str(await self.redis.script_load(script_source(name)))
